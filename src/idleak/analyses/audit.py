@@ -1,0 +1,129 @@
+"""Leakage audit: which synthetic faces are real training identities, and is that more than chance."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from idleak.calibrate import Threshold, binomial_p_value, find_hubs, fmr_threshold, loio_threshold
+from idleak.embedding import FaceSet
+from idleak.errors import IdleakError
+from idleak.search import global_top_pairs, topk
+
+#: Below this share of labelled REAL faces (or with fewer than 2 identities) LOIO is not used.
+MIN_LABELLED_FRACTION = 0.5
+
+
+@dataclass
+class AuditOptions:
+    """Settings of the decision; defaults are the CLI's."""
+
+    alpha: float = 0.01
+    top_k: int = 5
+    method: str = "auto"  # auto | loio | fmr | manual
+    fmr: float | None = None
+    threshold: float | None = None
+    exclude_hubs: bool = False
+    top_pairs: int = 50
+    block_size: int = 65_536
+
+
+@dataclass
+class AuditResult:
+    """Everything the report and outputs need."""
+
+    threshold: Threshold
+    synthetic: FaceSet
+    real: FaceSet
+    scores: np.ndarray  # (n_syn, k)
+    indices: np.ndarray  # (n_syn, k) rows into ``real``
+    leak: np.ndarray  # (n_syn,) bool, rank-1 score > threshold
+    p_value: float
+    hubs: list[dict] = field(default_factory=list)
+    top_pairs: list[tuple[int, int, float]] = field(default_factory=list)
+    counts: dict = field(default_factory=dict)
+    summary: dict = field(default_factory=dict)
+
+    @property
+    def nearest(self) -> np.ndarray:
+        return self.scores[:, 0] if self.scores.size else np.zeros(0, np.float32)
+
+
+def choose_method(real: FaceSet, options: AuditOptions) -> str:
+    if options.method != "auto":
+        return options.method
+    if options.threshold is not None:
+        return "manual"
+    labelled = real.labelled
+    n_ids = len({i for i in real.identities[labelled]})
+    if len(real) and labelled.mean() >= MIN_LABELLED_FRACTION and n_ids >= 2:
+        return "loio"
+    return "fmr"
+
+
+def calibrate(real: FaceSet, model_id: str, options: AuditOptions) -> Threshold:
+    """The threshold for this gallery under the chosen method."""
+    method = choose_method(real, options)
+    if method == "manual":
+        if options.threshold is None:
+            raise IdleakError("--method manual needs --threshold")
+        return Threshold(float(options.threshold), "manual", options.alpha)
+    if method == "loio":
+        n_ids = len({i for i in real.identities if i is not None})
+        if n_ids < 2:
+            raise IdleakError("leave-one-identity-out needs REAL with at least 2 labelled identities")
+        return loio_threshold(real.vectors, real.identities, options.alpha, block_size=options.block_size)
+    if method == "fmr":
+        return fmr_threshold(model_id, options.alpha, len(real), options.fmr)
+    raise IdleakError(f"unknown method {method!r}: use auto, loio, fmr or manual")
+
+
+def run_audit(synthetic: FaceSet, real: FaceSet, model_id: str, options: AuditOptions | None = None) -> AuditResult:
+    """Search each synthetic face among the real ones, calibrate, flag, and test against chance."""
+    options = options or AuditOptions()
+    if len(real) == 0:
+        raise IdleakError("REAL has no usable faces (see excluded.csv)")
+    if len(synthetic) == 0:
+        raise IdleakError("SYN has no usable faces (see excluded.csv)")
+    k = min(options.top_k, len(real))
+    result = topk(synthetic.vectors, real.vectors, k, block_size=options.block_size)
+    hub_rows = find_hubs(result.indices[:, 0], len(real), options.alpha)
+    hubs = [
+        {"real_path": str(real.paths[row]), "real_identity": real.identities[row], "count": count, "p_value": p}
+        for row, count, p in hub_rows
+    ]
+    if options.exclude_hubs and hub_rows:
+        keep = np.ones(len(real), bool)
+        keep[[row for row, _, _ in hub_rows]] = False
+        real = real.subset(keep)
+        real.excluded = real.excluded + [(h["real_path"], "hub", f"nearest neighbour of {h['count']} synthetic faces")
+                                         for h in hubs]
+        k = min(options.top_k, len(real))
+        result = topk(synthetic.vectors, real.vectors, k, block_size=options.block_size)
+    threshold = calibrate(real, model_id, options)
+    nearest = result.scores[:, 0]
+    leak = nearest > threshold.value
+    n_flagged = int(leak.sum())
+    p_value = binomial_p_value(n_flagged, len(synthetic), options.alpha)
+    pairs = global_top_pairs(synthetic.vectors, real.vectors, options.top_pairs, result=result,
+                             block_size=options.block_size)
+    counts = identity_counts(synthetic, real, result.indices[:, 0], leak)
+    return AuditResult(threshold, synthetic, real, result.scores, result.indices, leak, p_value, hubs, pairs, counts)
+
+
+def identity_counts(synthetic: FaceSet, real: FaceSet, nearest: np.ndarray, leak: np.ndarray) -> dict:
+    """Identity-level counts: distinct real identities matched, distinct synthetic identities leaking."""
+    flagged = np.flatnonzero(leak)
+    matched = [real.identities[nearest[i]] for i in flagged]
+    real_ids = Counter(m if m is not None else f"(unlabelled) {real.paths[nearest[i]]}" for i, m in zip(flagged, matched))
+    syn_labelled = any(i is not None for i in synthetic.identities)
+    syn_ids = {synthetic.identities[i] for i in flagged if synthetic.identities[i] is not None}
+    return {
+        "n_leaked_real_identities": len(real_ids),
+        "leaked_real_identities": dict(real_ids.most_common()),
+        "n_real_identities": len({i for i in real.identities if i is not None}),
+        "n_leaking_synthetic_identities": len(syn_ids) if syn_labelled else None,
+        "n_synthetic_identities": len({i for i in synthetic.identities if i is not None}) if syn_labelled else None,
+    }

@@ -1,0 +1,277 @@
+"""The importable API: the same jobs the CLI runs, as functions.
+
+    import idleak.api as idleak
+    result = idleak.audit("synthetic/", "real/", out="audit-out")
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import platform
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from idleak import __version__
+from idleak.analyses.audit import AuditOptions, AuditResult, run_audit
+from idleak.embedding import EmbedStats, FaceSet, embed_records, load_faces
+from idleak.errors import IdleakError
+from idleak.faces import Embedder, EmbedderSpec, load_embedder, parse_model
+from idleak.outputs import PAIR_COLUMNS, write_excluded, write_json, write_table
+from idleak.sources import Record, Source, open_source
+from idleak.store import EmbeddingStore
+
+ProgressFactory = Callable[[str], Callable[[int, int], None]]
+
+
+def default_cache_root() -> Path:
+    """Where embedding stores live unless ``--cache`` says otherwise: $IDLEAK_CACHE, else
+    $XDG_CACHE_HOME/idleak, else ~/.cache/idleak."""
+    if os.environ.get("IDLEAK_CACHE"):
+        return Path(os.environ["IDLEAK_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "idleak"
+
+
+def store_for(model_id: str, cache: str | os.PathLike[str] | None, dim: int) -> EmbeddingStore:
+    """The cache store for ``model_id``: ``cache`` itself if it is a store, else a per-model sub-folder."""
+    root = Path(cache) if cache else default_cache_root()
+    if (root / "store.json").is_file():
+        return EmbeddingStore.open(root, model_id)
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", model_id).strip("_")
+    return EmbeddingStore.create(root / slug, model_id, dim)
+
+
+@dataclass
+class Prepared:
+    """One side of an analysis, embedded: its source, faces and what it cost."""
+
+    source: Source
+    faces: FaceSet
+    stats: EmbedStats
+    seconds: float
+
+
+class Workspace:
+    """A loaded face model and its store; embeds sources once and hands back face sets."""
+
+    def __init__(self, model: str | EmbedderSpec = "dlib", cache: str | os.PathLike[str] | None = None,
+                 workers: int | None = None, progress: ProgressFactory | None = None,
+                 faces: str = "largest", **model_options: object) -> None:
+        self.spec = model if isinstance(model, EmbedderSpec) else parse_model(model, **model_options)
+        self.embedder: Embedder = load_embedder(self.spec)
+        self.cache = cache
+        self.store = store_for(self.embedder.model_id, cache, self.embedder.dim)
+        self.workers = workers
+        self.progress = progress
+        if faces not in ("largest", "all"):
+            raise IdleakError(f"--faces must be 'largest' or 'all', not {faces!r}")
+        self.faces = faces
+
+    @property
+    def model_id(self) -> str:
+        return self.embedder.model_id
+
+    def prepare(self, spec: str | os.PathLike[str] | Source, role: str, aligned: bool = False,
+                exclude: dict[str, str] | None = None) -> Prepared:
+        """Resolve, embed (only what the store lacks) and load one input."""
+        start = time.perf_counter()
+        source = spec if isinstance(spec, Source) else open_source(spec, role)
+        records, dropped = apply_exclusions(source.records, exclude or {})
+        if source.kind == "store":
+            store = EmbeddingStore.open(source.store_path, self.model_id)
+            faces = load_faces(records, store, aligned=aligned, faces=self.faces)
+            stats = EmbedStats(n_records=len(records), n_cached=len(records))
+        else:
+            progress = self.progress(f"embedding {role}") if self.progress else None
+            stats = embed_records(records, self.store, self.spec, aligned=aligned, workers=self.workers,
+                                  progress=progress, embedder=self.embedder)
+            faces = load_faces(records, self.store, aligned=aligned, faces=self.faces)
+        faces.excluded = dropped + faces.excluded
+        return Prepared(source, faces, stats, time.perf_counter() - start)
+
+    def embed_images(self, images: list[np.ndarray], aligned: bool = False) -> FaceSet:
+        """Embed in-memory images (e.g. reconstructions) without the store; largest face each."""
+        found = self.embedder.analyze(images, aligned=aligned)
+        keep = [(i, max(f, key=lambda face: face.area)) for i, f in enumerate(found) if f]
+        vectors = np.stack([f.vector for _, f in keep]) if keep else np.zeros((0, self.embedder.dim), np.float32)
+        n = len(keep)
+        return FaceSet(vectors, np.array([f"image[{i}]" for i, _ in keep], dtype=object),
+                       np.array([None] * n, dtype=object), np.array([""] * n), np.array([f.box for _, f in keep]),
+                       np.array([f.score for _, f in keep], np.float32), np.ones(n, np.int64),
+                       [(f"image[{i}]", "no_face", "") for i, f in enumerate(found) if not f])
+
+
+def read_exclusions(path: str | os.PathLike[str] | None) -> dict[str, str]:
+    """``--exclude`` CSV (columns path, reason) as resolved path -> reason."""
+    if not path:
+        return {}
+    path = Path(path)
+    if not path.is_file():
+        raise IdleakError(f"--exclude file not found: {path}")
+    out: dict[str, str] = {}
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        if "path" not in (reader.fieldnames or []):
+            raise IdleakError(f"{path}: --exclude CSV needs columns path,reason")
+        for row in reader:
+            raw = (row.get("path") or "").strip()
+            if not raw:
+                continue
+            candidate = Path(raw)
+            if not candidate.is_absolute() and not candidate.exists():
+                candidate = path.parent / candidate
+            out[_norm(candidate)] = (row.get("reason") or "excluded").strip() or "excluded"
+    return out
+
+
+def apply_exclusions(records: list[Record], exclude: dict[str, str]) -> tuple[list[Record], list[tuple[str, str, str]]]:
+    if not exclude:
+        return list(records), []
+    kept, dropped = [], []
+    for record in records:
+        reason = exclude.get(_norm(record.path))
+        if reason is None:
+            kept.append(record)
+        else:
+            dropped.append((record.path, reason, "listed in --exclude"))
+    return kept, dropped
+
+
+def _norm(path: str | os.PathLike[str]) -> str:
+    return os.path.normcase(os.path.realpath(path))
+
+
+def embed(path: str | os.PathLike[str], store: str | os.PathLike[str], model: str = "dlib", aligned: bool = False,
+          workers: int | None = None, progress: ProgressFactory | None = None, flush_every: int = 256,
+          **model_options: object) -> tuple[EmbedStats, EmbeddingStore]:
+    """Embed a folder or manifest into ``store`` (created if needed), skipping what it holds."""
+    spec = parse_model(model, **model_options)
+    embedder = load_embedder(spec)
+    source = open_source(path, "input")
+    if source.kind == "store":
+        raise IdleakError(f"{path} is already a store")
+    target = EmbeddingStore.create(store, embedder.model_id, embedder.dim)
+    stats = embed_records(source.records, target, spec, aligned=aligned, workers=workers,
+                          progress=progress("embedding") if progress else None, flush_every=flush_every,
+                          embedder=embedder)
+    return stats, target
+
+
+def audit(synthetic: str | os.PathLike[str], real: str | os.PathLike[str], out: str | os.PathLike[str],
+          model: str = "dlib", cache: str | os.PathLike[str] | None = None, options: AuditOptions | None = None,
+          exclude: str | os.PathLike[str] | None = None, faces: str = "largest", aligned_synthetic: bool = False,
+          aligned_real: bool = False, workers: int | None = None, progress: ProgressFactory | None = None,
+          report: bool = True, workspace: Workspace | None = None, **model_options: object) -> AuditResult:
+    """Run the leakage audit and write summary.json, pairs.csv/.parquet, excluded.csv and report.html to ``out``."""
+    started = time.perf_counter()
+    options = options or AuditOptions()
+    if not 0 < options.alpha < 1:
+        raise IdleakError(f"--alpha must be between 0 and 1, got {options.alpha}")
+    out = Path(out)
+    exclusions = read_exclusions(exclude)
+    # validate both inputs before spending time on either
+    syn_source, real_source = open_source(synthetic, "SYN"), open_source(real, "REAL")
+    ws = workspace or Workspace(model, cache, workers, progress, faces, **model_options)
+    out.mkdir(parents=True, exist_ok=True)
+    syn = ws.prepare(syn_source, "SYN", aligned_synthetic, exclusions)
+    ref = ws.prepare(real_source, "REAL", aligned_real, exclusions)
+    excluded = [(p, r, d) for p, r, d in syn.faces.excluded] + [(p, r, d) for p, r, d in ref.faces.excluded]
+    t0 = time.perf_counter()
+    result = run_audit(syn.faces, ref.faces, ws.model_id, options)
+    search_seconds = time.perf_counter() - t0
+    excluded += [e for e in result.real.excluded if e[1] == "hub"]
+    reasons = write_excluded(out / "excluded.csv", excluded)
+    write_table(pair_rows(result), PAIR_COLUMNS, out / "pairs.csv")
+    summary = audit_summary(result, options, ws, syn, ref, reasons)
+    summary["timings"] = {"embed_synthetic_s": syn.seconds, "embed_real_s": ref.seconds,
+                          "search_and_calibrate_s": search_seconds}
+    write_json(out / "summary.json", summary)
+    if report:
+        from idleak.report.html import write_audit_report
+
+        t1 = time.perf_counter()
+        write_audit_report(result, summary, out)
+        summary["timings"]["report_s"] = time.perf_counter() - t1
+    summary["timings"]["total_s"] = time.perf_counter() - started
+    write_json(out / "summary.json", summary)
+    result.summary = summary
+    return result
+
+
+def pair_rows(result: AuditResult) -> list[dict]:
+    """One row per synthetic face and rank, as in pairs.csv."""
+    syn, real = result.synthetic, result.real
+    rows = []
+    for q in range(len(syn)):
+        for rank in range(result.indices.shape[1]):
+            j = int(result.indices[q, rank])
+            if j < 0:
+                continue
+            score = float(result.scores[q, rank])
+            rows.append({
+                "synthetic_path": str(syn.paths[q]), "synthetic_identity": syn.identities[q], "rank": rank + 1,
+                "real_path": str(real.paths[j]), "real_identity": real.identities[j], "similarity": score,
+                "leak": bool(score > result.threshold.value),
+            })
+    return rows
+
+
+def versions() -> dict[str, str]:
+    import dlib
+    import faiss
+
+    return {"idleak": __version__, "python": platform.python_version(), "numpy": np.__version__,
+            "dlib": dlib.__version__, "faiss": faiss.__version__}
+
+
+def audit_summary(result: AuditResult, options: AuditOptions, ws: Workspace, syn: Prepared, ref: Prepared,
+                  reasons: dict[str, int]) -> dict:
+    n_syn = len(result.synthetic)
+    n_flagged = int(result.leak.sum())
+    expected = options.alpha * n_syn
+    leaks = result.p_value < options.alpha
+    threshold = result.threshold
+    method_text = {
+        "leave_one_identity_out": "leave-one-identity-out null on the labelled REAL faces",
+        "shipped_fmr": "false-match rate of the model measured on labelled public data, adjusted to gallery size",
+        "manual": "threshold given by the user",
+    }[threshold.method]
+    return {
+        "verdict": "leak" if leaks else "no_evidence_of_leak",
+        "verdict_text": (
+            f"{n_flagged} of {n_syn} synthetic faces match a real face above the threshold, "
+            f"{expected:.1f} expected by chance (p = {result.p_value:.3g})"
+            + ("; the synthetic set leaks real identities." if leaks else "; no evidence of leakage beyond chance.")
+        ),
+        "n_synthetic_images": len(syn.source.records),
+        "n_real_images": len(ref.source.records),
+        "n_synthetic_faces": n_syn,
+        "n_real_faces": len(result.real),
+        "threshold": threshold.value,
+        "alpha": options.alpha,
+        "method": threshold.method,
+        "method_text": method_text,
+        "threshold_details": threshold.details,
+        "n_flagged": n_flagged,
+        "expected_by_chance": expected,
+        "p_value": result.p_value,
+        **{k: v for k, v in result.counts.items()},
+        "top_k": int(result.indices.shape[1]),
+        "hubs": result.hubs,
+        "hubs_excluded": bool(options.exclude_hubs),
+        "excluded": reasons,
+        "n_excluded": int(sum(reasons.values())),
+        "model": ws.model_id,
+        "inputs": {"synthetic": syn.source.spec, "real": ref.source.spec, "store": str(ws.store.root),
+                   "faces": ws.faces},
+        "embedding": {"synthetic": vars(syn.stats) | {"reasons": dict(syn.stats.reasons)},
+                      "real": vars(ref.stats) | {"reasons": dict(ref.stats.reasons)}},
+        "versions": versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }

@@ -1,0 +1,134 @@
+"""``idleak audit``, ``idleak embed`` and ``idleak demo``."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from idleak.cli import RichProgress, err, guard, out, warn_excluded
+
+CACHE_HELP = ("Embedding store to reuse across runs. Default: $IDLEAK_CACHE, else $XDG_CACHE_HOME/idleak, "
+              "else ~/.cache/idleak (one sub-folder per model). A store made by `idleak embed` works too.")
+MODEL_HELP = "Face model: 'dlib' (default, built in) or 'onnx:PATH' for an ArcFace-style 112x112 ONNX model."
+
+Model = Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP)]
+Cache = Annotated[Path | None, typer.Option("--cache", help=CACHE_HELP)]
+Workers = Annotated[int | None, typer.Option("--workers", "-j", help="Embedding processes (default: all cores).")]
+InputMean = Annotated[float | None, typer.Option("--input-mean", help="ONNX: subtracted from 0..255 pixels [127.5].")]
+InputStd = Annotated[float | None, typer.Option("--input-std", help="ONNX: pixels are divided by this [127.5].")]
+Bgr = Annotated[bool, typer.Option("--bgr", help="ONNX: the model takes BGR channel order.")]
+BatchSize = Annotated[int | None, typer.Option("--batch-size", help="ONNX: faces per inference batch [32].")]
+
+
+def model_options(input_mean: float | None, input_std: float | None, bgr: bool, batch_size: int | None) -> dict:
+    return {"mean": input_mean, "std": input_std, "bgr": True if bgr else None, "batch_size": batch_size}
+
+
+def _terminate_as_interrupt() -> None:
+    """SIGTERM unwinds like Ctrl-C, so buffered embeddings are flushed to the store."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("audit")
+    @guard
+    def audit_cmd(
+        synthetic: Annotated[Path, typer.Option("--synthetic", "-s", help="Synthetic faces: folder, CSV manifest (path,identity) or store.")],
+        real: Annotated[Path, typer.Option("--real", "-r", help="Real faces (the generator's training set): folder, manifest or store. Sub-folders are identities.")],
+        out_dir: Annotated[Path, typer.Option("--out", "-o", help="Output folder for summary.json, pairs.csv, excluded.csv, report.html.")],
+        model: Model = "dlib",
+        alpha: Annotated[float, typer.Option(help="False-flag rate for a stranger's face; also the p-value level.")] = 0.01,
+        top_k: Annotated[int, typer.Option("--top-k", help="Real neighbours listed per synthetic face.")] = 5,
+        method: Annotated[str, typer.Option(help="Threshold: auto (loio if REAL is labelled, else fmr), loio, fmr, manual.")] = "auto",
+        fmr: Annotated[float | None, typer.Option(help="Per-comparison false-match rate for the fmr method (default: from alpha and gallery size).")] = None,
+        threshold: Annotated[float | None, typer.Option(help="Use this cosine threshold instead of calibrating (method manual).")] = None,
+        exclude: Annotated[Path | None, typer.Option(help="CSV (path,reason) of images to leave out, e.g. child or not_a_face.")] = None,
+        exclude_hubs: Annotated[bool, typer.Option("--exclude-hubs", help="Drop real faces that are the nearest neighbour of unusually many synthetic faces.")] = False,
+        faces: Annotated[str, typer.Option(help="'largest' face per image, or 'all' faces as separate rows.")] = "largest",
+        aligned: Annotated[bool, typer.Option("--aligned", help="Treat every image (both sides) as an aligned face crop: no detection.")] = False,
+        aligned_synthetic: Annotated[bool, typer.Option("--aligned-synthetic", help="Only SYN images are aligned crops (DCFace, IDiff-Face ...).")] = False,
+        aligned_real: Annotated[bool, typer.Option("--aligned-real", help="Only REAL images are aligned crops.")] = False,
+        fail_on_leak: Annotated[bool, typer.Option("--fail-on-leak", help="Exit with code 1 when the p-value is below alpha.")] = False,
+        cache: Cache = None,
+        workers: Workers = None,
+        input_mean: InputMean = None,
+        input_std: InputStd = None,
+        bgr: Bgr = False,
+        batch_size: BatchSize = None,
+    ) -> None:
+        """Leakage audit: find real training identities inside a synthetic face dataset.
+
+        Embeds both sets (reusing the store), finds each synthetic face's nearest real faces, sets a
+        threshold that a stranger passes with probability ALPHA, and tests whether more synthetic
+        faces pass it than chance allows.
+        """
+        from idleak.analyses.audit import AuditOptions
+        from idleak.api import audit
+
+        _terminate_as_interrupt()
+        options = AuditOptions(alpha=alpha, top_k=top_k, method=method, fmr=fmr, threshold=threshold,
+                               exclude_hubs=exclude_hubs)
+        with RichProgress() as progress:
+            result = audit(synthetic, real, out_dir, model=model, cache=cache, options=options, exclude=exclude,
+                           faces=faces, aligned_synthetic=aligned or aligned_synthetic,
+                           aligned_real=aligned or aligned_real, workers=workers, progress=progress,
+                           **model_options(input_mean, input_std, bgr, batch_size))
+        s = result.summary
+        warn_excluded(s["excluded"], out_dir / "excluded.csv")
+        colour = "red" if s["verdict"] == "leak" else "green"
+        out.print(f"[bold {colour}]{'LEAK' if s['verdict'] == 'leak' else 'NO EVIDENCE OF LEAK'}[/]: {s['verdict_text']}")
+        out.print(f"threshold {s['threshold']:.4f} ({s['method']}), {s['n_leaked_real_identities']} real identities matched")
+        out.print(f"report: {out_dir / 'report.html'}")
+        if fail_on_leak and s["verdict"] == "leak":
+            raise typer.Exit(1)
+
+    @app.command("embed")
+    @guard
+    def embed_cmd(
+        path: Annotated[Path, typer.Argument(help="Folder or CSV manifest of images.")],
+        store: Annotated[Path, typer.Option("--store", help="Store folder (created if missing). Reuse it as SYN/REAL or --cache.")],
+        model: Model = "dlib",
+        aligned: Annotated[bool, typer.Option("--aligned", help="Images are aligned face crops: no detection.")] = False,
+        workers: Workers = None,
+        flush_every: Annotated[int, typer.Option(help="Write a store part every N images.")] = 256,
+        input_mean: InputMean = None,
+        input_std: InputStd = None,
+        bgr: Bgr = False,
+        batch_size: BatchSize = None,
+    ) -> None:
+        """Embed images once into a store; later runs reuse it and a killed run resumes."""
+        from idleak.api import embed
+
+        _terminate_as_interrupt()
+        with RichProgress() as progress:
+            stats, target = embed(path, store, model=model, aligned=aligned, workers=workers, progress=progress,
+                                  flush_every=flush_every, **model_options(input_mean, input_std, bgr, batch_size))
+        reasons = dict(stats.reasons)
+        if stats.n_missing:
+            reasons["unreadable"] = stats.n_missing
+        warn_excluded(reasons, "the store (reason column)")
+        out.print(f"embedded {stats.n_new} new images, {stats.n_cached} already in the store, "
+                  f"{stats.seconds:.1f} s; store: {target.root}")
+
+    @app.command("demo")
+    @guard
+    def demo_cmd(
+        out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the demo data and its audit.")] = Path("idleak-demo"),
+        workers: Workers = None,
+    ) -> None:
+        """Run a whole audit offline on a small example with a planted leak; prints where the report is."""
+        from idleak.demo import run_demo
+
+        with RichProgress() as progress:
+            result = run_demo(out_dir, workers=workers, progress=progress)
+        s = result.summary
+        out.print(f"demo data: {out_dir / 'data'} (planted near-copies of the real faces in the synthetic set)")
+        out.print(f"[bold]{s['verdict'].upper()}[/]: {s['verdict_text']}")
+        out.print(f"report: {(out_dir / 'audit' / 'report.html').resolve()}")

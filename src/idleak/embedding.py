@@ -1,0 +1,259 @@
+"""Fill a store from records (decode -> detect -> align -> embed on all cores) and read faces back.
+
+``embed_records`` hashes every file, skips those the store already holds, and embeds the rest in
+worker processes, writing results as they come; ``load_faces`` joins records with the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from idleak.errors import ImageError
+from idleak.faces import Embedder, EmbedderSpec, load_embedder
+from idleak.images import load_rgb
+from idleak.sources import Record
+from idleak.store import EmbeddingStore
+
+ProgressFn = Callable[[int, int], None]
+
+#: Reason given to an image in which the detector found no face.
+NO_FACE = "no_face"
+
+
+@dataclass
+class EmbedStats:
+    """What one ``embed_records`` call did."""
+
+    n_records: int = 0
+    n_unique: int = 0
+    n_new: int = 0
+    n_cached: int = 0
+    n_missing: int = 0
+    seconds: float = 0.0
+    reasons: Counter = field(default_factory=Counter)
+
+
+@dataclass
+class FaceSet:
+    """Faces of one dataset: unit vectors plus, per face, where it came from."""
+
+    vectors: np.ndarray
+    paths: np.ndarray
+    identities: np.ndarray  # object array; None where unlabelled
+    hashes: np.ndarray
+    boxes: np.ndarray
+    det_scores: np.ndarray
+    n_faces: np.ndarray
+    excluded: list[tuple[str, str, str]] = field(default_factory=list)  # (path, reason, detail)
+
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+    @property
+    def labelled(self) -> np.ndarray:
+        return np.array([i is not None for i in self.identities], dtype=bool)
+
+    def subset(self, mask: np.ndarray) -> FaceSet:
+        idx = np.flatnonzero(mask)
+        return FaceSet(self.vectors[idx], self.paths[idx], self.identities[idx], self.hashes[idx],
+                       self.boxes[idx], self.det_scores[idx], self.n_faces[idx], list(self.excluded))
+
+
+def file_hash(path: str) -> str:
+    """Content hash of a file (BLAKE2b, 128 bits, hex)."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def hash_records(records: list[Record], threads: int = 8) -> list[str | None]:
+    """Content hashes in record order; None for files that cannot be read."""
+
+    def one(record: Record) -> str | None:
+        try:
+            return file_hash(record.path)
+        except OSError:
+            return None
+
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(one, records, chunksize=64))
+
+
+def image_rows(embedder: Embedder, path: str, content_hash: str, identity: str | None, aligned: bool) -> list[dict]:
+    """Store rows for one file: a row per face, or one row with the reason it has none."""
+    base = {"hash": content_hash, "aligned": aligned, "path": path, "identity": identity}
+    try:
+        image = load_rgb(path)
+    except ImageError as exc:
+        return [{**base, "face": -1, "n_faces": 0, "reason": exc.reason, "detail": exc.detail}]
+    height, width = image.shape[:2]
+    base.update(width=width, height=height)
+    try:
+        faces = embedder.analyze([image], aligned=aligned)[0]
+    except Exception as exc:  # noqa: BLE001 - one bad image must not stop a long run
+        return [{**base, "face": -1, "n_faces": 0, "reason": "model_error", "detail": str(exc)[:200]}]
+    if not faces:
+        return [{**base, "face": -1, "n_faces": 0, "reason": NO_FACE, "detail": ""}]
+    return [
+        {**base, "face": i, "n_faces": len(faces), "reason": None, "detail": None, "box": list(f.box),
+         "det_score": None if np.isnan(f.score) else f.score, "landmarks": f.landmarks.ravel().tolist(),
+         "vector": f.vector}
+        for i, f in enumerate(faces)
+    ]
+
+
+_WORKER_EMBEDDER: Embedder | None = None
+
+
+def _init_worker(spec: EmbedderSpec) -> None:
+    global _WORKER_EMBEDDER
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    _WORKER_EMBEDDER = load_embedder(spec)
+
+
+def _work_chunk(items: list[tuple[str, str, str | None]], aligned: bool) -> list[list[dict]]:
+    assert _WORKER_EMBEDDER is not None
+    return [image_rows(_WORKER_EMBEDDER, p, h, i, aligned) for p, h, i in items]
+
+
+def default_workers() -> int:
+    """Worker processes to use: IDLEAK_WORKERS or the number of usable cores."""
+    env = os.environ.get("IDLEAK_WORKERS")
+    if env:
+        return max(1, int(env))
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def embed_records(
+    records: Iterable[Record],
+    store: EmbeddingStore,
+    spec: EmbedderSpec,
+    aligned: bool = False,
+    workers: int | None = None,
+    progress: ProgressFn | None = None,
+    flush_every: int = 256,
+    chunk_size: int = 8,
+    embedder: Embedder | None = None,
+) -> EmbedStats:
+    """Embed every record the store lacks, on ``workers`` processes, and write them to ``store``."""
+    start = time.perf_counter()
+    records = list(records)
+    stats = EmbedStats(n_records=len(records))
+    hashes = hash_records(records)
+    todo: dict[str, Record] = {}
+    for record, content_hash in zip(records, hashes):
+        if content_hash is None:
+            stats.n_missing += 1
+            continue
+        if content_hash in todo or store.has(content_hash, aligned):
+            continue
+        todo[content_hash] = record
+    stats.n_unique = len({h for h in hashes if h is not None})
+    stats.n_cached = stats.n_unique - len(todo)
+    items = [(r.path, h, r.identity) for h, r in todo.items()]
+    workers = default_workers() if workers is None else max(1, workers)
+    done = 0
+    total = len(items)
+    if progress:
+        progress(0, total)
+    with store.writer(flush_rows=flush_every, flush_seconds=10.0) as writer:
+
+        def take(rows_per_image: list[list[dict]]) -> None:
+            nonlocal done
+            for rows in rows_per_image:
+                writer.add_image(rows)
+                stats.n_new += 1
+                if rows[0]["reason"]:
+                    stats.reasons[rows[0]["reason"]] += 1
+            done += len(rows_per_image)
+            if progress:
+                progress(done, total)
+
+        if workers == 1 or total < 2 * chunk_size:
+            local = embedder or load_embedder(spec)
+            for path, content_hash, identity in items:
+                take([image_rows(local, path, content_hash, identity, aligned)])
+        else:
+            chunks = [items[i:i + chunk_size] for i in range(0, total, chunk_size)]
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                                     initargs=(spec,)) as pool:
+                pending: set[Future] = set()
+                queue = iter(chunks)
+                for chunk in queue:
+                    pending.add(pool.submit(_work_chunk, chunk, aligned))
+                    if len(pending) >= 3 * workers:
+                        break
+                while pending:
+                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        take(future.result())
+                        nxt = next(queue, None)
+                        if nxt is not None:
+                            pending.add(pool.submit(_work_chunk, nxt, aligned))
+    stats.seconds = time.perf_counter() - start
+    return stats
+
+
+def load_faces(
+    records: Iterable[Record],
+    store: EmbeddingStore,
+    aligned: bool = False,
+    faces: str = "largest",
+    hashes: list[str | None] | None = None,
+) -> FaceSet:
+    """Faces of ``records`` from the store: the largest face per image, or every face (``faces="all"``)."""
+    records = list(records)
+    if hashes is None:
+        hashes = hash_records(records)
+    rows = store.rows()
+    index = store.key_index()
+    take: list[int] = []
+    owners: list[int] = []
+    excluded: list[tuple[str, str, str]] = []
+    for number, (record, content_hash) in enumerate(zip(records, hashes)):
+        if content_hash is None:
+            excluded.append((record.path, "missing" if not os.path.exists(record.path) else "unreadable", ""))
+            continue
+        found = index.get((content_hash, aligned))
+        if found is None:
+            excluded.append((record.path, "not_embedded", "not in the store"))
+            continue
+        first = found[0]
+        if rows.reason[first]:
+            excluded.append((record.path, str(rows.reason[first]), str(rows.detail[first] or "")))
+            continue
+        if faces == "largest" and len(found) > 1:
+            boxes = rows.box[found]
+            area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+            found = found[[int(np.nanargmax(area))]]
+        take.extend(int(i) for i in found)
+        owners.extend([number] * len(found))
+    sel = np.array(take, dtype=np.int64)
+    own = np.array(owners, dtype=np.int64)
+    paths = np.array([records[i].path for i in own], dtype=object)
+    identities = np.array([records[i].identity for i in own], dtype=object)
+    return FaceSet(
+        vectors=np.ascontiguousarray(rows.vectors[sel]) if len(sel) else np.zeros((0, store.dim), np.float32),
+        paths=paths,
+        identities=identities,
+        hashes=rows.hash[sel] if len(sel) else np.array([], dtype=str),
+        boxes=rows.box[sel] if len(sel) else np.zeros((0, 4), np.float32),
+        det_scores=rows.det_score[sel] if len(sel) else np.array([], np.float32),
+        n_faces=rows.n_faces[sel] if len(sel) else np.array([], np.int64),
+        excluded=excluded,
+    )

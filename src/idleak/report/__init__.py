@@ -1,0 +1,1 @@
+"""Presentation: plots and self-contained HTML reports (images embedded as data URIs)."""
