@@ -22,7 +22,7 @@ from idleak.analyses.audit import AuditOptions, AuditResult, run_audit
 from idleak.embedding import EmbedStats, FaceSet, embed_records, load_faces
 from idleak.errors import IdleakError
 from idleak.faces import Embedder, EmbedderSpec, load_embedder, parse_model
-from idleak.outputs import PAIR_COLUMNS, write_excluded, write_json, write_table
+from idleak.outputs import PAIR_COLUMNS, PAIR_EXTRA_COLUMNS, write_excluded, write_json, write_table
 from idleak.sources import Record, Source, open_source
 from idleak.store import EmbeddingStore
 
@@ -187,7 +187,9 @@ def audit(synthetic: str | os.PathLike[str], real: str | os.PathLike[str], out: 
     search_seconds = time.perf_counter() - t0
     excluded += [e for e in result.real.excluded if e[1] == "hub"]
     reasons = write_excluded(out / "excluded.csv", excluded)
-    write_table(pair_rows(result), PAIR_COLUMNS, out / "pairs.csv")
+    write_table(pair_rows(result), PAIR_COLUMNS + PAIR_EXTRA_COLUMNS, out / "pairs.csv", csv_columns=PAIR_COLUMNS)
+    np.savez_compressed(out / "scores.npz", nearest=result.nearest.astype(np.float32),
+                        null=np.asarray(result.threshold.null, np.float32))
     summary = audit_summary(result, options, ws, syn, ref, reasons)
     summary["timings"] = {"embed_synthetic_s": syn.seconds, "embed_real_s": ref.seconds,
                           "search_and_calibrate_s": search_seconds}
@@ -196,7 +198,7 @@ def audit(synthetic: str | os.PathLike[str], real: str | os.PathLike[str], out: 
         from idleak.report.html import write_audit_report
 
         t1 = time.perf_counter()
-        write_audit_report(result, summary, out)
+        write_audit_report(out)
         summary["timings"]["report_s"] = time.perf_counter() - t1
     summary["timings"]["total_s"] = time.perf_counter() - started
     write_json(out / "summary.json", summary)
@@ -218,8 +220,21 @@ def pair_rows(result: AuditResult) -> list[dict]:
                 "synthetic_path": str(syn.paths[q]), "synthetic_identity": syn.identities[q], "rank": rank + 1,
                 "real_path": str(real.paths[j]), "real_identity": real.identities[j], "similarity": score,
                 "leak": bool(score > result.threshold.value),
+                "synthetic_box": _box(syn.boxes[q]), "real_box": _box(real.boxes[j]),
             })
     return rows
+
+
+def _box(box: np.ndarray) -> list[float] | None:
+    return [float(v) for v in box] if np.all(np.isfinite(box)) else None
+
+
+def top_pair_rows(result: AuditResult) -> list[dict]:
+    """The global most similar pairs, for summary.json and the report."""
+    syn, real = result.synthetic, result.real
+    return [{"synthetic_path": str(syn.paths[q]), "real_path": str(real.paths[j]), "real_identity": real.identities[j],
+             "similarity": s, "leak": bool(s > result.threshold.value), "synthetic_box": _box(syn.boxes[q]),
+             "real_box": _box(real.boxes[j])} for q, j, s in result.top_pairs]
 
 
 def versions() -> dict[str, str]:
@@ -243,6 +258,7 @@ def audit_summary(result: AuditResult, options: AuditOptions, ws: Workspace, syn
         "manual": "threshold given by the user",
     }[threshold.method]
     return {
+        "analysis": "audit",
         "verdict": "leak" if leaks else "no_evidence_of_leak",
         "verdict_text": (
             f"{n_flagged} of {n_syn} synthetic faces match a real face above the threshold, "
@@ -264,6 +280,7 @@ def audit_summary(result: AuditResult, options: AuditOptions, ws: Workspace, syn
         **{k: v for k, v in result.counts.items()},
         "top_k": int(result.indices.shape[1]),
         "hubs": result.hubs,
+        "top_pairs": top_pair_rows(result),
         "hubs_excluded": bool(options.exclude_hubs),
         "excluded": reasons,
         "n_excluded": int(sum(reasons.values())),

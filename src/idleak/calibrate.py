@@ -139,7 +139,9 @@ def binomial_p_value(n_flagged: int, n: int, alpha: float) -> float:
     return float(stats.binom.sf(n_flagged - 1, n, alpha))
 
 
-def find_hubs(nearest: np.ndarray, n_gallery: int, alpha: float = 0.01, min_count: int = 3) -> list[tuple[int, int, float]]:
+def find_hubs(
+    nearest: np.ndarray, n_gallery: int, alpha: float = 0.01, min_count: int = 3
+) -> list[tuple[int, int, float]]:
     """Gallery rows that are the nearest neighbour of unusually many queries.
 
     Under uniform assignment a gallery face is the nearest neighbour of Poisson(n_q / N) queries;

@@ -13,6 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 PAIR_COLUMNS = ["synthetic_path", "synthetic_identity", "rank", "real_path", "real_identity", "similarity", "leak"]
+#: Also in pairs.parquet (not the CSV): face boxes, for thumbnails and the review app.
+PAIR_EXTRA_COLUMNS = ["synthetic_box", "real_box"]
 
 
 def write_json(path: str | os.PathLike[str], data: dict) -> None:
@@ -34,14 +36,14 @@ def _plain(value: object) -> object:
 
 
 def write_table(rows: list[dict], columns: list[str], csv_path: str | os.PathLike[str],
-                parquet: bool = True) -> None:
-    """Rows as CSV (and Parquet beside it) with the given column order."""
+                parquet: bool = True, csv_columns: list[str] | None = None) -> None:
+    """Rows as CSV (and Parquet beside it) with the given column order; ``csv_columns`` limits the CSV."""
     csv_path = Path(csv_path)
     with open(csv_path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        writer = csv.DictWriter(handle, fieldnames=csv_columns or columns, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: _csv_value(row.get(k)) for k in columns})
+            writer.writerow({k: _csv_value(row.get(k)) for k in (csv_columns or columns)})
     if parquet:
         table = pa.table({c: [row.get(c) for row in rows] for c in columns}) if rows else pa.table(
             {c: pa.array([], pa.string()) for c in columns})
@@ -68,3 +70,8 @@ def write_excluded(path: str | os.PathLike[str], excluded: list[tuple[str, str, 
 def read_csv(path: str | os.PathLike[str]) -> list[dict]:
     with open(path, newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
+
+
+def read_pairs(out: str | os.PathLike[str]) -> list[dict]:
+    """pairs.parquet of an audit as dicts (typed values, boxes included)."""
+    return pq.read_table(Path(out) / "pairs.parquet").to_pylist()

@@ -117,7 +117,8 @@ def identity_counts(synthetic: FaceSet, real: FaceSet, nearest: np.ndarray, leak
     """Identity-level counts: distinct real identities matched, distinct synthetic identities leaking."""
     flagged = np.flatnonzero(leak)
     matched = [real.identities[nearest[i]] for i in flagged]
-    real_ids = Counter(m if m is not None else f"(unlabelled) {real.paths[nearest[i]]}" for i, m in zip(flagged, matched))
+    real_ids = Counter(m if m is not None else f"(unlabelled) {real.paths[nearest[i]]}"
+                       for i, m in zip(flagged, matched))
     syn_labelled = any(i is not None for i in synthetic.identities)
     syn_ids = {synthetic.identities[i] for i in flagged if synthetic.identities[i] is not None}
     return {

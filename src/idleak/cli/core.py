@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from idleak.cli import RichProgress, err, guard, out, warn_excluded
+from idleak.cli import RichProgress, guard, out, warn_excluded
 
 CACHE_HELP = ("Embedding store to reuse across runs. Default: $IDLEAK_CACHE, else $XDG_CACHE_HOME/idleak, "
               "else ~/.cache/idleak (one sub-folder per model). A store made by `idleak embed` works too.")

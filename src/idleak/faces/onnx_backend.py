@@ -89,7 +89,8 @@ class OnnxEmbedder(Embedder):
                 crop = _resize(image, self.size)
                 h, w = image.shape[:2]
                 crops.append(crop)
-                pending.append((index, (0.0, 0.0, float(w - 1), float(h - 1)), float("nan"), np.zeros((5, 2), np.float32)))
+                box = (0.0, 0.0, float(w - 1), float(h - 1))
+                pending.append((index, box, float("nan"), np.zeros((5, 2), np.float32)))
                 continue
             for rect, score in det.detect(image):
                 points = det.five_points_from_68(det.points_of(self._predictor(image, rect)))

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import numpy as np
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from idleak.outputs import read_pairs
 from idleak.report.plots import similarity_histogram
 from idleak.report.thumbs import data_uri, thumbnail
 
@@ -42,32 +44,36 @@ class ThumbCache:
         return self._cache[key] or ""
 
 
-def write_audit_report(result, summary: dict, out: str | os.PathLike[str], review: dict | None = None) -> Path:
-    """report.html for a leakage audit: verdict, histogram, flagged pairs by identity, top pairs, hubs."""
-    syn, real = result.synthetic, result.real
+def write_audit_report(out: str | os.PathLike[str], review: dict | None = None) -> Path:
+    """report.html for a leakage audit, from the files in ``out`` alone (so it can be rebuilt).
+
+    Verdict first, then the similarity histogram against the null, flagged pairs grouped by real
+    identity, the most similar pairs overall, hubs, and how the threshold was set.
+    """
+    out = Path(out)
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    scores = np.load(out / "scores.npz")
+    pairs = read_pairs(out)
     thumbs = ThumbCache()
-    histogram = data_uri(similarity_histogram(result.nearest, result.threshold.null, result.threshold.value))
+    histogram = data_uri(similarity_histogram(scores["nearest"], scores["null"], summary["threshold"]))
 
-    def pair(q: int, j: int, score: float) -> dict:
-        return {
-            "synthetic_path": str(syn.paths[q]), "real_path": str(real.paths[j]),
-            "real_identity": real.identities[j], "similarity": score, "leak": bool(score > result.threshold.value),
-            "syn_thumb": thumbs.get(str(syn.paths[q]), syn.boxes[q]),
-            "real_thumb": thumbs.get(str(real.paths[j]), real.boxes[j]),
-        }
+    def with_thumbs(row: dict) -> dict:
+        return {**row, "syn_thumb": thumbs.get(row["synthetic_path"], _box(row.get("synthetic_box"))),
+                "real_thumb": thumbs.get(row["real_path"], _box(row.get("real_box")))}
 
-    flagged = np.flatnonzero(result.leak)
-    flagged = flagged[np.argsort(-result.scores[flagged, 0])]
-    shown = flagged[:MAX_FLAGGED_SHOWN]
+    flagged = sorted((r for r in pairs if r["rank"] == 1 and r["leak"]), key=lambda r: -r["similarity"])
     groups: dict[str, list[dict]] = {}
-    for q in shown:
-        j = int(result.indices[q, 0])
-        name = real.identities[j] or f"unlabelled: {os.path.basename(str(real.paths[j]))}"
-        groups.setdefault(str(name), []).append(pair(int(q), j, float(result.scores[q, 0])))
+    for row in flagged[:MAX_FLAGGED_SHOWN]:
+        name = row["real_identity"] or f"unlabelled: {os.path.basename(row['real_path'])}"
+        groups.setdefault(str(name), []).append(with_thumbs(row))
     flagged_groups = sorted(({"identity": k, "count": len(v), "pairs": v} for k, v in groups.items()),
                             key=lambda g: (-g["count"], -g["pairs"][0]["similarity"]))
-    top_pairs = [pair(q, j, s) for q, j, s in result.top_pairs[:24]]
-    return render("audit.html.j2", Path(out) / "report.html", s=summary, histogram=histogram,
-                  flagged_groups=flagged_groups, flagged_hidden=max(0, len(flagged) - len(shown)),
+    top_pairs = [with_thumbs(r) for r in summary.get("top_pairs", [])[:24]]
+    return render("audit.html.j2", out / "report.html", s=summary, histogram=histogram,
+                  flagged_groups=flagged_groups, flagged_hidden=max(0, len(flagged) - MAX_FLAGGED_SHOWN),
                   top_pairs=top_pairs, review=review, versions=summary.get("versions"),
                   created=summary.get("created"))
+
+
+def _box(box: list | None) -> np.ndarray | None:
+    return None if box is None else np.asarray(box, dtype=np.float32)
