@@ -35,3 +35,48 @@ def workspace(cache_dir: Path):
     from idleak.api import Workspace
 
     return Workspace("dlib", cache=cache_dir, workers=2)
+
+
+def orl_photos(faces_root: Path, subject: int) -> list[Path]:
+    """The 10 photos of ORL subject ``subject`` (1..40) in numeric order."""
+    return sorted((faces_root / "orl" / f"s{subject}").glob("*.pgm"), key=lambda p: int(p.stem))
+
+
+@pytest.fixture(scope="session")
+def planted(faces_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A planted-leak scenario from ORL.
+
+    REAL = subjects 1-20, photos 1-5. SYN (one sub-folder per synthetic identity):
+    (a) ``leak_sN``: photos 6-10 of subjects 1-5 (other photos of REAL people: identity leak);
+    (b) ``copy_sN``: crop / flip / colour / JPEG copies of photo 1 of subjects 6-10;
+    (c) ``stranger_sN``: photos 1-2 of subjects 21-40 (people not in REAL).
+    """
+    from PIL import Image, ImageEnhance, ImageOps
+
+    root = tmp_path_factory.mktemp("planted")
+    real, syn = root / "real", root / "syn"
+    for subject in range(1, 21):
+        folder = real / f"s{subject}"
+        folder.mkdir(parents=True)
+        for photo in orl_photos(faces_root, subject)[:5]:
+            (folder / photo.name).write_bytes(photo.read_bytes())
+    for subject in range(1, 6):
+        folder = syn / f"leak_s{subject}"
+        folder.mkdir(parents=True)
+        for photo in orl_photos(faces_root, subject)[5:]:
+            (folder / photo.name).write_bytes(photo.read_bytes())
+    for subject in range(6, 11):
+        folder = syn / f"copy_s{subject}"
+        folder.mkdir(parents=True)
+        image = Image.open(orl_photos(faces_root, subject)[0]).convert("RGB")
+        w, h = image.size
+        image.crop((4, 4, w - 4, h - 4)).resize((w, h)).save(folder / "crop.png")
+        ImageOps.mirror(image).save(folder / "flip.png")
+        ImageEnhance.Brightness(image).enhance(1.3).save(folder / "colour.png")
+        image.save(folder / "jpeg.jpg", quality=30)
+    for subject in range(21, 41):
+        folder = syn / f"stranger_s{subject}"
+        folder.mkdir(parents=True)
+        for photo in orl_photos(faces_root, subject)[:2]:
+            (folder / photo.name).write_bytes(photo.read_bytes())
+    return {"root": root, "real": real, "syn": syn}

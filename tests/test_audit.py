@@ -1,0 +1,251 @@
+"""The leakage audit end to end through the CLI, on planted leaks in real ORL photos."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from idleak.cli import app
+
+runner = CliRunner()
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = runner.invoke(app, [str(a) for a in args])
+    return result.exit_code, result.output
+
+
+def audit(syn: Path, real: Path, out: Path, cache: Path, *extra: str) -> dict:
+    code, output = run("audit", "-s", syn, "-r", real, "-o", out, "--cache", cache, "-j", "2", *extra)
+    assert code in (0, 1), output
+    return json.loads((out / "summary.json").read_text())
+
+
+def rank1(out: Path) -> list[dict]:
+    with open(out / "pairs.csv", newline="", encoding="utf-8") as handle:
+        return [r for r in csv.DictReader(handle) if r["rank"] == "1"]
+
+
+@pytest.fixture(scope="module")
+def planted_audit(planted: dict, cache_dir: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("audit")
+    audit(planted["syn"], planted["real"], out, cache_dir)
+    return out
+
+
+@pytest.mark.slow
+def test_planted_identity_leaks_and_copies_are_flagged_strangers_are_not(planted_audit: Path) -> None:
+    s = json.loads((planted_audit / "summary.json").read_text())
+    rows = rank1(planted_audit)
+    by_kind: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        by_kind[row["synthetic_identity"].split("_")[0]].append(row)
+    leaks, copies, strangers = by_kind["leak"], by_kind["copy"], by_kind["stranger"]
+    assert len(leaks) >= 24 and len(copies) == 20 and len(strangers) >= 36
+    # (a) other photos of REAL people and (b) augmented copies: flagged, matched to the right person
+    assert sum(r["leak"] == "true" for r in leaks) >= 0.9 * len(leaks)
+    assert all(r["leak"] == "true" for r in copies)
+    for row in leaks + copies:
+        if row["leak"] == "true":
+            assert row["real_identity"] == row["synthetic_identity"].split("_")[1]
+    # (c) people not in REAL: (almost) never
+    assert sum(r["leak"] == "true" for r in strangers) <= 2
+    # the summary agrees with pairs.csv and tests against chance
+    assert s["method"] == "leave_one_identity_out" and s["alpha"] == 0.01
+    assert s["n_flagged"] == sum(r["leak"] == "true" for r in rows)
+    assert s["n_synthetic_faces"] == len(rows) and s["n_real_faces"] >= 95
+    assert s["expected_by_chance"] == pytest.approx(0.01 * s["n_synthetic_faces"])
+    assert s["p_value"] < 1e-20 and s["verdict"] == "leak"
+    assert 9 <= s["n_leaked_real_identities"] <= 12
+    assert s["n_leaking_synthetic_identities"] >= 10 and s["n_synthetic_identities"] == 30
+    assert s["threshold_details"]["null_size"] == s["n_real_faces"]
+    assert 0.85 < s["threshold"] < 0.99
+    for key in ("model", "timings", "versions", "excluded", "hubs"):
+        assert key in s
+
+
+@pytest.mark.slow
+def test_pairs_csv_has_k_ranked_rows_per_face(planted_audit: Path) -> None:
+    with open(planted_audit / "pairs.csv", newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        assert reader.fieldnames == ["synthetic_path", "synthetic_identity", "rank", "real_path", "real_identity",
+                                     "similarity", "leak"]
+        rows = list(reader)
+    per_face = defaultdict(list)
+    for row in rows:
+        per_face[row["synthetic_path"]].append((int(row["rank"]), float(row["similarity"])))
+    for ranks in per_face.values():
+        assert [r for r, _ in ranks] == [1, 2, 3, 4, 5]
+        sims = [s for _, s in ranks]
+        assert sims == sorted(sims, reverse=True)
+
+
+@pytest.mark.slow
+def test_report_shows_verdict_histogram_and_grouped_pairs(planted_audit: Path) -> None:
+    html = (planted_audit / "report.html").read_text(encoding="utf-8")
+    assert html.index("Leak: real identities found") < html.index("histogram")
+    assert html.count("data:image/png;base64,") >= 1 and html.count("data:image/jpeg;base64,") >= 20
+    assert "<h3>s1 " in html and "Flagged pairs, grouped by real identity" in html
+    assert "http://" not in html and "https://" not in html  # self-contained
+
+
+@pytest.mark.slow
+def test_fail_on_leak_exit_codes(planted: dict, cache_dir: Path, tmp_path: Path) -> None:
+    code, output = run("audit", "-s", planted["syn"], "-r", planted["real"], "-o", tmp_path / "a", "--cache", cache_dir,
+                       "--fail-on-leak")
+    assert code == 1 and "LEAK" in output
+    strangers = tmp_path / "strangers"
+    for folder in sorted(planted["syn"].glob("stranger_*"))[:10]:
+        shutil.copytree(folder, strangers / folder.name)
+    code, output = run("audit", "-s", strangers, "-r", planted["real"], "-o", tmp_path / "b", "--cache", cache_dir,
+                       "--fail-on-leak")
+    assert code == 0, output
+    assert json.loads((tmp_path / "b" / "summary.json").read_text())["verdict"] == "no_evidence_of_leak"
+
+
+@pytest.mark.slow
+def test_exclusions_are_removed_before_the_decision_and_counted(planted: dict, cache_dir: Path, tmp_path: Path) -> None:
+    child = sorted((planted["syn"] / "copy_s6").glob("*"))[0]
+    not_face = sorted((planted["real"] / "s7").glob("*"))[0]
+    exclude = tmp_path / "exclude.csv"
+    exclude.write_text(f"path,reason\n{child},child\n{not_face},not_a_face\n")
+    s = audit(planted["syn"], planted["real"], tmp_path / "out", cache_dir, "--exclude", exclude)
+    assert s["excluded"]["child"] == 1 and s["excluded"]["not_a_face"] == 1
+    with open(tmp_path / "out" / "excluded.csv", newline="") as handle:
+        listed = {r["path"]: r["reason"] for r in csv.DictReader(handle)}
+    assert listed[str(child)] == "child" and listed[str(not_face)] == "not_a_face"
+    pairs = (tmp_path / "out" / "pairs.csv").read_text()
+    assert str(child) not in pairs and str(not_face) not in pairs
+
+
+@pytest.mark.slow
+def test_hub_is_listed_and_can_be_excluded(faces_root: Path, planted: dict, cache_dir: Path, tmp_path: Path) -> None:
+    from PIL import ImageEnhance
+
+    syn = tmp_path / "syn"
+    syn.mkdir()
+    source = Image.open(sorted((planted["real"] / "s12").glob("*"))[0]).convert("RGB")
+    for i in range(12):  # a dozen near-copies of one real photo: that photo becomes a hub
+        ImageEnhance.Brightness(source).enhance(0.8 + 0.04 * i).save(syn / f"copy_{i}.png")
+    for folder in sorted(planted["syn"].glob("stranger_*"))[:10]:
+        for photo in folder.glob("*"):
+            shutil.copy(photo, syn / f"{folder.name}_{photo.name}")
+    s = audit(syn, planted["real"], tmp_path / "with", cache_dir)
+    hub_paths = [h["real_path"] for h in s["hubs"]]
+    assert hub_paths and hub_paths[0].endswith("s12/1.pgm") and s["hubs"][0]["count"] >= 10
+    s2 = audit(syn, planted["real"], tmp_path / "without", cache_dir, "--exclude-hubs")
+    assert s2["excluded"].get("hub", 0) >= 1 and s2["n_real_faces"] == s["n_real_faces"] - len(hub_paths)
+    assert hub_paths[0] not in (tmp_path / "without" / "pairs.csv").read_text()
+
+
+@pytest.mark.slow
+def test_unlabelled_real_uses_the_shipped_calibration(planted: dict, cache_dir: Path, tmp_path: Path) -> None:
+    flat = tmp_path / "real_flat"
+    flat.mkdir()
+    for photo in planted["real"].glob("*/*"):
+        shutil.copy(photo, flat / f"{photo.parent.name}_{photo.name}")
+    s = audit(planted["syn"], flat, tmp_path / "out", cache_dir)
+    assert s["method"] == "shipped_fmr" and "shared/data/faces" in s["threshold_details"]["calibration_source"]
+    assert s["threshold_details"]["gallery_size"] == s["n_real_faces"]
+    copies = [r for r in rank1(tmp_path / "out") if r["synthetic_identity"].startswith("copy")]
+    assert all(r["leak"] == "true" for r in copies)
+    assert s["verdict"] == "leak"
+
+
+@pytest.mark.slow
+def test_manifest_and_store_inputs(planted: dict, cache_dir: Path, tmp_path: Path) -> None:
+    manifest = tmp_path / "syn.csv"
+    rows = ["path,identity"] + [f"{p},{p.parent.name}" for p in sorted(planted["syn"].glob("copy_*/*"))]
+    manifest.write_text("\n".join(rows) + "\n")
+    store = tmp_path / "real_store"
+    code, output = run("embed", planted["real"], "--store", store, "-j", "2")
+    assert code == 0, output
+    s = audit(manifest, store, tmp_path / "out", cache_dir)
+    assert s["n_synthetic_faces"] == 20 and s["n_flagged"] == 20
+    assert s["embedding"]["real"]["n_new"] == 0 and s["method"] == "leave_one_identity_out"
+
+
+def test_input_errors_are_one_line_with_exit_code_2(tmp_path: Path, faces_root: Path) -> None:
+    real = faces_root / "orl" / "s1"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases = [
+        (("-s", tmp_path / "nope", "-r", real), "SYN not found"),
+        (("-s", empty, "-r", real), "SYN folder has no files"),
+        (("-s", real, "-r", real, "--model", "onnx:" + str(tmp_path / "missing.onnx")), "ONNX model file not found"),
+        (("-s", real, "-r", real, "--model", "facenet"), "unknown --model"),
+        (("-s", real, "-r", real, "--alpha", "2"), "--alpha must be between 0 and 1"),
+        (("-s", real, "-r", real, "--exclude", tmp_path / "no.csv"), "--exclude file not found"),
+    ]
+    for args, message in cases:
+        code, output = run("audit", *args, "-o", tmp_path / "out", "--cache", tmp_path / "cache")
+        assert code == 2, (args, output)
+        assert message in output and output.strip().count("\n") == 0, output
+
+
+@pytest.mark.slow
+def test_every_kind_of_bad_input_is_listed_not_fatal(faces_root: Path, cache_dir: Path, tmp_path: Path) -> None:
+    syn = tmp_path / "syn"
+    (syn / "odd").mkdir(parents=True)
+    good = sorted((faces_root / "fr" / "obama").glob("*"))[0].read_bytes()
+    (syn / "odd" / "empty.jpg").write_bytes(b"")
+    (syn / "odd" / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    (syn / "odd" / "text.png").write_text("hello")
+    Image.new("1", (12000, 12000)).save(syn / "odd" / "huge.png")
+    shutil.copy(faces_root / "misc" / "dogs.jpg", syn / "odd" / "dogs.jpg")
+    shutil.copy(faces_root / "misc" / "bald_guys.jpg", syn / "odd" / "many faces.jpg")
+    shutil.copy(faces_root / "misc" / "32bit.png", syn / "odd" / "rgba.png")
+    grey = Image.open(faces_root / "orl" / "s3" / "1.pgm")
+    grey.convert("CMYK").save(syn / "odd" / "cmyk.jpg")
+    Image.fromarray(np.asarray(grey, np.uint16) * 257).save(syn / "odd" / "16bit.png")
+    rotated = grey.convert("RGB").rotate(90, expand=True)
+    exif = rotated.getexif()
+    exif[0x0112] = 6  # viewers (and idleak) rotate it 90 degrees clockwise: upright again
+    rotated.save(syn / "odd" / "exif_rotated.jpg", exif=exif)
+    (syn / "ünïcödé 李").mkdir()
+    shutil.copy(faces_root / "orl" / "s4" / "2.pgm", syn / "ünïcödé 李" / "visage.pgm")
+    real = faces_root / "orl"
+    result = runner.invoke(app, ["audit", "-s", str(syn), "-r", str(real), "-o", str(tmp_path / "out"),
+                                 "--cache", str(cache_dir), "-j", "2"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert f"warning: {summary['n_excluded']} images excluded" in result.output
+    with open(tmp_path / "out" / "excluded.csv", newline="") as handle:
+        reasons = {Path(r["path"]).name: r["reason"] for r in csv.DictReader(handle) if "/odd/" in r["path"]}
+    assert reasons == {"empty.jpg": "empty_file", "truncated.jpg": "truncated", "text.png": "not_an_image",
+                       "huge.png": "too_large", "dogs.jpg": "no_face"}
+    embedded = {Path(r["synthetic_path"]).name: r for r in rank1(tmp_path / "out")}
+    for name in ("many faces.jpg", "rgba.png", "cmyk.jpg", "16bit.png", "exif_rotated.jpg", "visage.pgm"):
+        assert name in embedded
+    assert embedded["16bit.png"]["real_identity"] == "s3" and embedded["exif_rotated.jpg"]["real_identity"] == "s3"
+    assert embedded["visage.pgm"]["real_identity"] == "s4"
+    all_faces = runner.invoke(app, ["audit", "-s", str(syn / "odd"), "-r", str(real), "-o", str(tmp_path / "all"),
+                                    "--cache", str(cache_dir), "--faces", "all"])
+    assert all_faces.exit_code == 0, all_faces.output
+    with open(tmp_path / "all" / "pairs.csv", newline="") as handle:
+        crowd = {r["synthetic_path"] for r in csv.DictReader(handle) if r["rank"] == "1" and "many faces" in r["synthetic_path"]}
+    assert len(crowd) == 1  # one path...
+    s = json.loads((tmp_path / "all" / "summary.json").read_text())
+    assert s["n_synthetic_faces"] >= 6 + 5 - 1  # ...but every face of the crowd is its own row
+
+
+@pytest.mark.slow
+def test_demo_report_shows_the_planted_leak(tmp_path: Path) -> None:
+    code, output = run("demo", "--out", tmp_path / "demo")
+    assert code == 0, output
+    report = tmp_path / "demo" / "audit" / "report.html"
+    assert str(report) in output.replace("\n", "")
+    s = json.loads((tmp_path / "demo" / "audit" / "summary.json").read_text())
+    assert s["verdict"] == "leak" and s["method"] == "shipped_fmr"
+    flagged = {Path(r["synthetic_path"]).name for r in rank1(tmp_path / "demo" / "audit") if r["leak"] == "true"}
+    assert sum(name.startswith("planted_") for name in flagged) >= 6
+    assert sum(name.startswith("generated_") for name in flagged) <= 1
+    assert "planted_grace_hopper" in report.read_text()
