@@ -85,6 +85,9 @@ class Workspace:
         records, dropped = apply_exclusions(source.records, exclude or {})
         if source.kind == "store":
             store = EmbeddingStore.open(source.store_path, self.model_id)
+            modes = set(store.rows().aligned.tolist())
+            if len(modes) == 1:  # read a store in the mode it was embedded in
+                aligned = modes.pop()
             faces = load_faces(records, store, aligned=aligned, faces=self.faces)
             stats = EmbedStats(n_records=len(records), n_cached=len(records))
         else:
