@@ -58,3 +58,23 @@ def test_hubs_found_only_where_counts_are_extreme() -> None:
     nearest[:40] = 7
     hubs = find_hubs(nearest, 1000)
     assert [h[0] for h in hubs] == [7] and hubs[0][1] >= 40
+
+
+def test_loio_null_can_be_sampled_and_never_matches_own_identity() -> None:
+    from idleak.calibrate import leave_one_identity_out_null, loio_threshold
+    from idleak.faces import l2_normalize
+
+    rng = np.random.default_rng(2)
+    centres = l2_normalize(rng.standard_normal((50, 32)))
+    labels = np.repeat(np.arange(50), 6)
+    vectors = l2_normalize(centres[labels] + 0.2 * rng.standard_normal((300, 32)))
+    identities = np.array([f"id{i}" for i in labels], dtype=object)
+    full = leave_one_identity_out_null(vectors, identities)
+    sims = vectors @ vectors.T
+    sims[labels[:, None] == labels[None, :]] = -np.inf
+    np.testing.assert_allclose(np.sort(full), np.sort(sims.max(axis=1)), atol=1e-5)
+    sampled = loio_threshold(vectors, identities, 0.05, max_queries=120)
+    assert sampled.details["null_size"] == 120 and sampled.details["null_sampled_from"] == 300
+    assert set(np.round(sampled.null, 5)) <= set(np.round(full, 5))
+    small = loio_threshold(vectors[:60], identities[:60], 0.01)
+    assert "warning" in small.details  # 60 null values cannot resolve alpha = 0.01

@@ -11,6 +11,7 @@ import os
 import platform
 import re
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,7 +187,7 @@ def audit(synthetic: str | os.PathLike[str], real: str | os.PathLike[str], out: 
     ref = ws.prepare(real_source, "REAL", aligned_real, exclusions)
     excluded = [(p, r, d) for p, r, d in syn.faces.excluded] + [(p, r, d) for p, r, d in ref.faces.excluded]
     t0 = time.perf_counter()
-    result = run_audit(syn.faces, ref.faces, ws.model_id, options)
+    result = run_audit(syn.faces, ref.faces, ws.model_id, options, progress=ws.progress)
     search_seconds = time.perf_counter() - t0
     excluded += [e for e in result.real.excluded if e[1] == "hub"]
     reasons = write_excluded(out / "excluded.csv", excluded)
@@ -286,6 +287,8 @@ def audit_summary(result: AuditResult, options: AuditOptions, ws: Workspace, syn
         "top_pairs": top_pair_rows(result),
         "hubs_excluded": bool(options.exclude_hubs),
         "excluded": reasons,
+        "excluded_synthetic": dict(Counter(r for _, r, _ in syn.faces.excluded)),
+        "excluded_real": dict(Counter(r for _, r, _ in result.real.excluded)),
         "n_excluded": int(sum(reasons.values())),
         "model": ws.model_id,
         "inputs": {"synthetic": syn.source.spec, "real": ref.source.spec, "store": str(ws.store.root),

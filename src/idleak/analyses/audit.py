@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -10,7 +11,9 @@ import numpy as np
 from idleak.calibrate import Threshold, binomial_p_value, find_hubs, fmr_threshold, loio_threshold
 from idleak.embedding import FaceSet
 from idleak.errors import IdleakError
-from idleak.search import global_top_pairs, topk
+from idleak.search import ProgressFn, global_top_pairs, topk
+
+ProgressFactory = Callable[[str], ProgressFn]
 
 #: Below this share of labelled REAL faces (or with fewer than 2 identities) LOIO is not used.
 MIN_LABELLED_FRACTION = 0.5
@@ -28,6 +31,7 @@ class AuditOptions:
     exclude_hubs: bool = False
     top_pairs: int = 50
     block_size: int = 65_536
+    null_queries: int | None = 50_000  # LOIO null from at most this many real faces (random sample)
 
 
 @dataclass
@@ -63,7 +67,7 @@ def choose_method(real: FaceSet, options: AuditOptions) -> str:
     return "fmr"
 
 
-def calibrate(real: FaceSet, model_id: str, options: AuditOptions) -> Threshold:
+def calibrate(real: FaceSet, model_id: str, options: AuditOptions, progress: ProgressFn | None = None) -> Threshold:
     """The threshold for this gallery under the chosen method."""
     method = choose_method(real, options)
     if method == "manual":
@@ -74,13 +78,15 @@ def calibrate(real: FaceSet, model_id: str, options: AuditOptions) -> Threshold:
         n_ids = len({i for i in real.identities if i is not None})
         if n_ids < 2:
             raise IdleakError("leave-one-identity-out needs REAL with at least 2 labelled identities")
-        return loio_threshold(real.vectors, real.identities, options.alpha, block_size=options.block_size)
+        return loio_threshold(real.vectors, real.identities, options.alpha, max_queries=options.null_queries,
+                              block_size=options.block_size, progress=progress)
     if method == "fmr":
         return fmr_threshold(model_id, options.alpha, len(real), options.fmr)
     raise IdleakError(f"unknown method {method!r}: use auto, loio, fmr or manual")
 
 
-def run_audit(synthetic: FaceSet, real: FaceSet, model_id: str, options: AuditOptions | None = None) -> AuditResult:
+def run_audit(synthetic: FaceSet, real: FaceSet, model_id: str, options: AuditOptions | None = None,
+              progress: ProgressFactory | None = None) -> AuditResult:
     """Search each synthetic face among the real ones, calibrate, flag, and test against chance."""
     options = options or AuditOptions()
     if len(real) == 0:
@@ -88,7 +94,8 @@ def run_audit(synthetic: FaceSet, real: FaceSet, model_id: str, options: AuditOp
     if len(synthetic) == 0:
         raise IdleakError("SYN has no usable faces (see excluded.csv)")
     k = min(options.top_k, len(real))
-    result = topk(synthetic.vectors, real.vectors, k, block_size=options.block_size)
+    result = topk(synthetic.vectors, real.vectors, k, block_size=options.block_size,
+                  progress=progress("searching") if progress else None)
     hub_rows = find_hubs(result.indices[:, 0], len(real), options.alpha)
     hubs = [
         {"real_path": str(real.paths[row]), "real_identity": real.identities[row], "count": count, "p_value": p}
@@ -102,7 +109,7 @@ def run_audit(synthetic: FaceSet, real: FaceSet, model_id: str, options: AuditOp
                                          for h in hubs]
         k = min(options.top_k, len(real))
         result = topk(synthetic.vectors, real.vectors, k, block_size=options.block_size)
-    threshold = calibrate(real, model_id, options)
+    threshold = calibrate(real, model_id, options, progress("calibrating") if progress else None)
     nearest = result.scores[:, 0]
     leak = nearest > threshold.value
     n_flagged = int(leak.sum())
