@@ -19,6 +19,7 @@ class DlibEmbedder(Embedder):
     model_id = f"dlib_face_recognition_resnet_model_v1/sp5/hog/v{PIPELINE_VERSION}"
 
     def __init__(self) -> None:
+        det.hog_detector()  # built once here (about 1 s), not on the first image
         self._predictor = det.shape_predictor(5)
         self._net = dlib.face_recognition_model_v1(det.model_file("dlib_face_recognition_resnet_model_v1.dat"))
 

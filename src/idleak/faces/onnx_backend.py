@@ -52,6 +52,7 @@ class OnnxEmbedder(Embedder):
         order = "bgr" if self.bgr else "rgb"
         self.model_id = f"onnx:{digest}/{self.size}/{order}/{self.mean:g}/{self.std:g}/hog68/v{PIPELINE_VERSION}"
         self._predictor = det.shape_predictor(68)
+        det.hog_detector()
 
     def _probe_dim(self) -> int:
         probe = np.zeros((self._batch_fixed or 1, 3, self.size, self.size), np.float32)
