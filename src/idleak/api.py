@@ -20,7 +20,7 @@ import numpy as np
 
 from idleak import __version__
 from idleak.analyses.audit import AuditOptions, AuditResult, run_audit
-from idleak.embedding import EmbedStats, FaceSet, embed_records, load_faces
+from idleak.embedding import EmbedStats, FaceSet, embed_records, hash_records, load_faces
 from idleak.errors import IdleakError
 from idleak.faces import Embedder, EmbedderSpec, load_embedder, parse_model
 from idleak.outputs import PAIR_COLUMNS, PAIR_EXTRA_COLUMNS, write_excluded, write_json, write_table
@@ -93,9 +93,10 @@ class Workspace:
             stats = EmbedStats(n_records=len(records), n_cached=len(records))
         else:
             progress = self.progress(f"embedding {role}") if self.progress else None
+            hashes = hash_records(records)
             stats = embed_records(records, self.store, self.spec, aligned=aligned, workers=self.workers,
-                                  progress=progress, embedder=self.embedder)
-            faces = load_faces(records, self.store, aligned=aligned, faces=self.faces)
+                                  progress=progress, embedder=self.embedder, hashes=hashes)
+            faces = load_faces(records, self.store, aligned=aligned, faces=self.faces, hashes=hashes)
         faces.excluded = dropped + faces.excluded
         return Prepared(source, faces, stats, time.perf_counter() - start)
 

@@ -148,12 +148,17 @@ def embed_records(
     flush_every: int = 256,
     chunk_size: int = 8,
     embedder: Embedder | None = None,
+    hashes: list[str | None] | None = None,
 ) -> EmbedStats:
-    """Embed every record the store lacks, on ``workers`` processes, and write them to ``store``."""
+    """Embed every record the store lacks, on ``workers`` processes, and write them to ``store``.
+
+    ``hashes`` (from ``hash_records``) saves reading the files twice when the caller has them.
+    """
     start = time.perf_counter()
     records = list(records)
     stats = EmbedStats(n_records=len(records))
-    hashes = hash_records(records)
+    if hashes is None:
+        hashes = hash_records(records)
     todo: dict[str, Record] = {}
     for record, content_hash in zip(records, hashes):
         if content_hash is None:
