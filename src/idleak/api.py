@@ -79,9 +79,14 @@ class Workspace:
         return self.embedder.model_id
 
     def prepare(self, spec: str | os.PathLike[str] | Source, role: str, aligned: bool = False,
-                exclude: dict[str, str] | None = None) -> Prepared:
-        """Resolve, embed (only what the store lacks) and load one input."""
+                exclude: dict[str, str] | None = None, faces: str | None = None, quiet: bool = False) -> Prepared:
+        """Resolve, embed (only what the store lacks) and load one input.
+
+        ``faces`` overrides the workspace's choice ("largest" or "all") for this input; ``quiet``
+        shows no progress bar for it (callers that draw their own).
+        """
         start = time.perf_counter()
+        faces = faces or self.faces
         source = spec if isinstance(spec, Source) else open_source(spec, role)
         records, dropped = apply_exclusions(source.records, exclude or {})
         if source.kind == "store":
@@ -89,16 +94,16 @@ class Workspace:
             modes = set(store.rows().aligned.tolist())
             if len(modes) == 1:  # read a store in the mode it was embedded in
                 aligned = modes.pop()
-            faces = load_faces(records, store, aligned=aligned, faces=self.faces)
+            found = load_faces(records, store, aligned=aligned, faces=faces)
             stats = EmbedStats(n_records=len(records), n_cached=len(records))
         else:
-            progress = self.progress(f"embedding {role}") if self.progress else None
+            progress = self.progress(f"embedding {role}") if self.progress and not quiet else None
             hashes = hash_records(records)
             stats = embed_records(records, self.store, self.spec, aligned=aligned, workers=self.workers,
                                   progress=progress, embedder=self.embedder, hashes=hashes)
-            faces = load_faces(records, self.store, aligned=aligned, faces=self.faces, hashes=hashes)
-        faces.excluded = dropped + faces.excluded
-        return Prepared(source, faces, stats, time.perf_counter() - start)
+            found = load_faces(records, self.store, aligned=aligned, faces=faces, hashes=hashes)
+        found.excluded = dropped + found.excluded
+        return Prepared(source, found, stats, time.perf_counter() - start)
 
     def embed_images(self, images: list[np.ndarray], aligned: bool = False) -> FaceSet:
         """Embed in-memory images (e.g. reconstructions) without the store; largest face each."""

@@ -1,0 +1,123 @@
+"""Release gate: keep only the synthetic images that pass the audit's calibrated test.
+
+An image is **rejected** when any of its faces is closer to a real face than the audit's
+threshold (reason ``leak``), and also when it could not be checked at all: no face found,
+unreadable, or excluded by the user (reason ``no_face``, ``corrupt``, ``child`` ...). A gate
+must not release what it could not check. Everything else is **accepted**.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from idleak.analyses.audit import AuditOptions, calibrate
+from idleak.calibrate import Threshold
+from idleak.embedding import FaceSet
+from idleak.errors import IdleakError
+from idleak.search import topk
+
+#: Reason of an image whose face matches a real face above the threshold.
+LEAK = "leak"
+
+
+@dataclass
+class GateOptions:
+    """How the threshold is set (the audit's settings)."""
+
+    alpha: float = 0.01
+    method: str = "auto"  # auto | loio | fmr | manual
+    fmr: float | None = None
+    threshold: float | None = None
+    block_size: int = 65_536
+
+    def audit_options(self) -> AuditOptions:
+        return AuditOptions(alpha=self.alpha, method=self.method, fmr=self.fmr, threshold=self.threshold,
+                            block_size=self.block_size)
+
+
+@dataclass
+class GateDecision:
+    """One row per synthetic image, in input order: accepted ones and rejected ones with the reason."""
+
+    accepted: list[dict] = field(default_factory=list)  # path, similarity, real_path, real_identity, box
+    rejected: list[dict] = field(default_factory=list)  # + reason, detail
+
+    def extend(self, other: GateDecision) -> None:
+        self.accepted.extend(other.accepted)
+        self.rejected.extend(other.rejected)
+
+    @property
+    def n_images(self) -> int:
+        return len(self.accepted) + len(self.rejected)
+
+    def reasons(self) -> dict[str, int]:
+        """Rejections by reason, most common first."""
+        counts: dict[str, int] = {}
+        for row in self.rejected:
+            counts[row["reason"]] = counts.get(row["reason"], 0) + 1
+        return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+@dataclass
+class GateResult:
+    """The threshold used and the decision on every synthetic image."""
+
+    threshold: Threshold
+    decision: GateDecision
+    real: FaceSet
+
+
+def calibrate_gate(real: FaceSet, model_id: str, options: GateOptions) -> Threshold:
+    """The audit's calibrated threshold for gallery ``real`` (LOIO when labelled, else shipped FMR)."""
+    if not 0 < options.alpha < 1:
+        raise IdleakError(f"--alpha must be between 0 and 1, got {options.alpha}")
+    if len(real) == 0:
+        raise IdleakError("REAL has no usable faces (see excluded.csv)")
+    return calibrate(real, model_id, options.audit_options())
+
+
+def gate_faces(synthetic: FaceSet, real: FaceSet, threshold: Threshold, block_size: int = 65_536) -> GateDecision:
+    """Decide every synthetic image: rejected if any face's nearest real face is above ``threshold``.
+
+    Images listed in ``synthetic.excluded`` (no face, unreadable, excluded by the user) are rejected
+    with that reason, as they could not be checked.
+    """
+    decision = GateDecision()
+    best: dict[str, dict] = {}
+    order: list[str] = []
+    if len(synthetic) and len(real):
+        found = topk(synthetic.vectors, real.vectors, 1, block_size=block_size)
+        for q in range(len(synthetic)):
+            path = str(synthetic.paths[q])
+            j, score = int(found.indices[q, 0]), float(found.scores[q, 0])
+            row = {"path": path, "similarity": score, "real_path": str(real.paths[j]),
+                   "real_identity": real.identities[j], "box": _box(synthetic.boxes[q]),
+                   "real_box": _box(real.boxes[j])}
+            if path not in best:
+                order.append(path)
+                best[path] = row
+            elif score > best[path]["similarity"]:  # several faces in one image: the closest decides
+                best[path] = row
+    for path in order:
+        row = best[path]
+        if row["similarity"] > threshold.value:
+            decision.rejected.append({**row, "reason": LEAK, "detail": ""})
+        else:
+            decision.accepted.append(row)
+    for path, reason, detail in synthetic.excluded:
+        decision.rejected.append({"path": str(path), "reason": reason, "detail": detail, "similarity": None,
+                                  "real_path": None, "real_identity": None, "box": None, "real_box": None})
+    return decision
+
+
+def run_gate(synthetic: FaceSet, real: FaceSet, model_id: str, options: GateOptions | None = None) -> GateResult:
+    """Calibrate on ``real`` and decide every synthetic image."""
+    options = options or GateOptions()
+    threshold = calibrate_gate(real, model_id, options)
+    return GateResult(threshold, gate_faces(synthetic, real, threshold, options.block_size), real)
+
+
+def _box(box: np.ndarray) -> list[float] | None:
+    return [float(v) for v in box] if np.all(np.isfinite(box)) else None

@@ -1,0 +1,121 @@
+"""Personal lookup: is this person's face in a dataset?
+
+Every face of the dataset is compared with every photo of the person; a dataset face whose best
+match is above the audit's calibrated threshold for that dataset is a **match**. The threshold is
+set so that a stranger's photo passes with probability ``alpha / P`` for P photos of the person
+(Bonferroni), so a person who is not in the dataset gets any match at all with probability about
+``alpha`` at most.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from idleak.analyses.audit import AuditOptions, calibrate
+from idleak.calibrate import Threshold
+from idleak.embedding import FaceSet
+from idleak.errors import IdleakError
+from idleak.search import topk
+
+
+@dataclass
+class LookupOptions:
+    """Settings of the decision (the audit's)."""
+
+    alpha: float = 0.01
+    method: str = "auto"  # auto | loio | fmr | manual
+    fmr: float | None = None
+    threshold: float | None = None
+    block_size: int = 65_536
+
+
+@dataclass
+class DatasetLookup:
+    """The person searched in one dataset."""
+
+    name: str
+    threshold: Threshold
+    alpha_per_photo: float
+    n_faces: int
+    matches: list[dict] = field(default_factory=list)  # most similar first
+    closest: dict | None = None  # the most similar pair, matched or not
+
+    @property
+    def found(self) -> bool:
+        return bool(self.matches)
+
+
+def check_person(person: FaceSet) -> None:
+    """A lookup is for one person: at least one face, at most one identity label."""
+    if len(person) == 0:
+        raise IdleakError("no face found in the person's photos (see excluded.csv)")
+    labels = {str(i) for i in person.identities if i is not None}
+    if len(labels) > 1:
+        raise IdleakError(f"--person holds {len(labels)} identities ({', '.join(sorted(labels)[:3])} ...); "
+                          "give the photos of one person")
+
+
+def lookup_dataset(person: FaceSet, dataset: FaceSet, model_id: str, name: str,
+                   options: LookupOptions | None = None) -> DatasetLookup:
+    """Search the person's faces in ``dataset`` and keep the dataset faces above its calibrated threshold."""
+    options = options or LookupOptions()
+    if not 0 < options.alpha < 1:
+        raise IdleakError(f"--alpha must be between 0 and 1, got {options.alpha}")
+    check_person(person)
+    alpha_per_photo = options.alpha / len(person)
+    if len(dataset) == 0:
+        return DatasetLookup(name, Threshold(float("nan"), "none", options.alpha), alpha_per_photo, 0)
+    threshold = calibrate(dataset, model_id, AuditOptions(alpha=alpha_per_photo, method=options.method,
+                                                          fmr=options.fmr, threshold=options.threshold,
+                                                          block_size=options.block_size))
+    found = topk(dataset.vectors, person.vectors, 1, block_size=options.block_size)
+    scores, best = found.scores[:, 0], found.indices[:, 0]
+    rows = []
+    for i in np.argsort(-scores, kind="stable"):
+        j = int(best[i])
+        rows.append({
+            "dataset": name, "dataset_path": str(dataset.paths[i]), "dataset_identity": dataset.identities[i],
+            "person_path": str(person.paths[j]), "similarity": float(scores[i]),
+            "identical_file": bool(dataset.hashes[i] == person.hashes[j]),
+            "dataset_box": _box(dataset.boxes[i]), "person_box": _box(person.boxes[j]),
+        })
+    matches = [r for r in rows if r["similarity"] > threshold.value]
+    return DatasetLookup(name, threshold, alpha_per_photo, len(dataset), matches, rows[0] if rows else None)
+
+
+def statement(results: list[DatasetLookup], alpha: float, n_person_faces: int, n_person_excluded: int) -> dict:
+    """Plain-language summary: what was found, what a match proves and what no match does not prove."""
+    found = [r for r in results if r.found]
+    lines = []
+    for r in results:
+        if r.found:
+            ids = sorted({str(m["dataset_identity"]) for m in r.matches if m["dataset_identity"] is not None})
+            who = f" (labelled {', '.join(ids[:5])}{' ...' if len(ids) > 5 else ''})" if ids else ""
+            lines.append(f"{r.name}: {len(r.matches)} of {r.n_faces} faces match this person{who}.")
+        else:
+            lines.append(f"{r.name}: no match among {r.n_faces} faces.")
+    if found:
+        headline = f"Faces matching this person were found in {len(found)} of {len(results)} dataset(s)."
+    else:
+        headline = f"No match for this person in {'the dataset' if len(results) == 1 else 'any of the datasets'}."
+    match_means = (
+        f"A match is evidence, not proof: the threshold is set so that a stranger's face passes it with "
+        f"probability about {alpha:g} over all {n_person_faces} photo(s), but lookalikes exist and twins or "
+        "relatives pass more often. Look at the pairs by eye (idleak review) before acting on them."
+    )
+    no_match_means = (
+        "No match does not prove absence: photos of the same person in another pose, at another age, in poor "
+        "light or at low resolution can score below the threshold; the face detector can miss faces (those "
+        "images are not searched at all); and the threshold, set to keep strangers out, also lets some true "
+        "matches fall below it. More, and more varied, photos of the person make a miss less likely."
+    )
+    if n_person_excluded:
+        no_match_means += f" {n_person_excluded} of the person's photos had no usable face and were not used."
+    return {"found": bool(found), "headline": headline, "per_dataset": lines, "match_means": match_means,
+            "no_match_means": no_match_means}
+
+
+def _box(box: np.ndarray) -> list[float] | None:
+    return [float(v) for v in box] if np.all(np.isfinite(box)) else None

@@ -1,0 +1,519 @@
+"""Release gate, personal lookup and report rebuilding, as functions (what ``idleak gate``,
+``idleak lookup`` and ``idleak report`` run).
+
+    from idleak.release import gate, lookup
+    result = gate("real/", "gate-out", synthetic="synthetic/", mode="copy")
+    found = lookup("me/", ["dataset-a/", "dataset-b/"], "lookup-out")
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from idleak.analyses.gate import GateDecision, GateOptions, calibrate_gate, gate_faces
+from idleak.analyses.lookup import DatasetLookup, LookupOptions, check_person, lookup_dataset, statement
+from idleak.api import ProgressFactory, Workspace, read_exclusions, versions
+from idleak.calibrate import Threshold
+from idleak.errors import IdleakError
+from idleak.outputs import write_excluded, write_json, write_table
+from idleak.sources import Record, Source, open_source
+
+MODES = ("list", "copy", "link")
+#: File that marks a folder idleak made (and may therefore delete and rebuild).
+MARKER = ".idleak-made"
+METHOD_TEXT = {
+    "leave_one_identity_out": "leave-one-identity-out null on the labelled faces",
+    "shipped_fmr": "false-match rate of the model measured on labelled public data, adjusted to gallery size",
+    "manual": "threshold given by the user",
+    "none": "no faces to compare with",
+}
+ACCEPTED_COLUMNS = ["path", "similarity", "real_path", "real_identity"]
+REJECTED_COLUMNS = ["path", "reason", "real_path", "real_identity", "similarity", "detail"]
+SAMPLE_COLUMNS = ["seed", "index", "batch_n"]
+BOX_COLUMNS = ["box", "real_box"]
+MATCH_COLUMNS = ["dataset", "dataset_path", "dataset_identity", "person_path", "similarity", "identical_file"]
+
+
+# -- gate ------------------------------------------------------------------------------------------------
+@dataclass
+class GateRun:
+    """What ``gate`` decided and wrote."""
+
+    threshold: Threshold
+    decision: GateDecision
+    summary: dict = field(default_factory=dict)
+
+
+Sampler = Callable[[int, int], list]
+
+
+def load_generator(spec: str) -> Sampler:
+    """``module:function`` or ``path/to/file.py:function`` -> the callable ``sample(n, seed)``."""
+    module_name, sep, function = str(spec).rpartition(":")
+    if not sep or not module_name or not function:
+        raise IdleakError(f"--generator must be module:function or file.py:function, not {spec!r}")
+    try:
+        if module_name.endswith(".py") or os.sep in module_name:
+            path = Path(module_name)
+            if not path.is_file():
+                raise IdleakError(f"--generator file not found: {path}")
+            name = f"idleak_generator_{abs(hash(str(path.resolve())))}"
+            module_spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(module_spec)
+            module_spec.loader.exec_module(module)
+        else:
+            if os.getcwd() not in sys.path:  # like `python -m`: modules next to the user are importable
+                sys.path.insert(0, os.getcwd())
+            module = importlib.import_module(module_name)
+    except IdleakError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any import failure is a bad --generator
+        raise IdleakError(f"--generator {spec}: cannot import {module_name} ({type(exc).__name__}: {exc})") from None
+    sample = getattr(module, function, None)
+    if not callable(sample):
+        raise IdleakError(f"--generator {spec}: {module_name} has no callable {function!r}")
+    return sample
+
+
+def as_rgb_uint8(image: object, where: str) -> np.ndarray:
+    """A generator's sample (PIL image or HxWx3 / HxW uint8 array) as HxWx3 uint8."""
+    try:
+        from PIL import Image
+
+        if isinstance(image, Image.Image):
+            return np.asarray(image.convert("RGB"))
+    except ImportError:  # pragma: no cover - pillow is a dependency
+        pass
+    array = np.asarray(image)
+    if array.dtype != np.uint8:
+        raise IdleakError(f"{where}: samples must be PIL images or uint8 arrays, got dtype {array.dtype}")
+    if array.ndim == 2:
+        array = np.stack([array] * 3, axis=-1)
+    if array.ndim != 3 or array.shape[2] not in (3, 4):
+        raise IdleakError(f"{where}: samples must be HxWx3 arrays, got shape {array.shape}")
+    return np.ascontiguousarray(array[:, :, :3])
+
+
+def gate(real: str | os.PathLike[str], out: str | os.PathLike[str], synthetic: str | os.PathLike[str] | None = None,
+         generator: str | Sampler | None = None, n: int | None = None, mode: str = "list",
+         options: GateOptions | None = None, model: str = "dlib", cache: str | os.PathLike[str] | None = None,
+         exclude: str | os.PathLike[str] | None = None, faces: str = "all", aligned_synthetic: bool = False,
+         aligned_real: bool = False, workers: int | None = None, progress: ProgressFactory | None = None,
+         seed: int = 0, sample_batch: int = 256, max_draws: int | None = None, report: bool = True,
+         workspace: Workspace | None = None, **model_options: object) -> GateRun:
+    """Release only the synthetic images that pass the audit's calibrated test.
+
+    Either ``synthetic`` (folder, manifest or store; never modified) or ``generator`` (a callable
+    ``sample(n, seed)`` or its ``module:function`` name, sampled until ``n`` images are accepted).
+    Writes accepted.csv, rejected.csv (+ .parquet with face boxes), excluded.csv (REAL side),
+    scores.npz, summary.json, report.html, OUT/samples/ (generator) and OUT/released/ (copy, link).
+    """
+    started = time.perf_counter()
+    options = options or GateOptions()
+    out = Path(out)
+    if mode not in MODES:
+        raise IdleakError(f"--mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if (synthetic is None) == (generator is None):
+        raise IdleakError("give either --synthetic SYN or --generator module:function (with --n)")
+    if not 0 < options.alpha < 1:
+        raise IdleakError(f"--alpha must be between 0 and 1, got {options.alpha}")
+    real_source = open_source(real, "REAL")
+    syn_source = open_source(synthetic, "SYN") if synthetic is not None else None
+    if syn_source is not None:
+        _check_out_outside(out, Path(synthetic))
+    sampler = None
+    if generator is not None:
+        if not n or n < 1:
+            raise IdleakError("--generator needs --n, the number of images to accept (at least 1)")
+        if sample_batch < 1:
+            raise IdleakError("--sample-batch must be at least 1")
+        max_draws = 10 * n if max_draws is None else max_draws
+        if max_draws < n:
+            raise IdleakError(f"--max-draws ({max_draws}) is smaller than --n ({n})")
+        sampler = load_generator(generator) if isinstance(generator, str) else generator
+    exclusions = read_exclusions(exclude)
+    ws = workspace or Workspace(model, cache, workers, progress, faces, **model_options)
+    out.mkdir(parents=True, exist_ok=True)
+    ref = ws.prepare(real_source, "REAL", aligned_real, exclusions)
+    threshold = calibrate_gate(ref.faces, ws.model_id, options)
+    samples: dict[str, dict] = {}
+    generation: dict | None = None
+    if syn_source is not None:
+        syn = ws.prepare(syn_source, "SYN", aligned_synthetic, exclusions)
+        decision = gate_faces(syn.faces, ref.faces, threshold, options.block_size)
+        n_input = len(syn_source.records)
+        syn_seconds = syn.seconds
+        syn_new = syn.stats.n_new
+    else:
+        decision, samples, generation = _sample_until(sampler, n, max_draws, seed, sample_batch, ws, ref.faces,
+                                                      threshold, options, out, aligned_synthetic, exclusions,
+                                                      progress, str(generator))
+        n_input = generation["n_drawn"]
+        syn_seconds = generation["seconds_sampling"] + generation["seconds_embedding"]
+        syn_new = generation.pop("n_embedded_new")
+    _write_decision(out, decision, samples)
+    nearest = np.array([r["similarity"] for r in decision.accepted + decision.rejected
+                        if r["similarity"] is not None], np.float32)
+    np.savez_compressed(out / "scores.npz", nearest=nearest, null=np.asarray(threshold.null, np.float32))
+    released = _release(out, decision, mode, syn_source, Path(synthetic) if synthetic is not None else None)
+    reasons = write_excluded(out / "excluded.csv", ref.faces.excluded)
+    summary = _gate_summary(decision, threshold, options, ws, ref, real_source, syn_source, n_input, mode,
+                            released, reasons, generation)
+    summary["n_embedded_new"] = {"real": ref.stats.n_new, "synthetic": syn_new}
+    summary["timings"] = {"embed_real_s": ref.seconds, "synthetic_s": syn_seconds}
+    write_json(out / "summary.json", summary)
+    if report:
+        from idleak.report.release import write_gate_report
+
+        t0 = time.perf_counter()
+        write_gate_report(out)
+        summary["timings"]["report_s"] = time.perf_counter() - t0
+    summary["timings"]["total_s"] = time.perf_counter() - started
+    write_json(out / "summary.json", summary)
+    if generation is not None and generation["n_accepted"] < n:
+        raise IdleakError(f"reached --max-draws {max_draws} with only {generation['n_accepted']} of {n} samples "
+                          f"accepted (rejection rate {generation['rejection_rate']:.1%}); outputs so far are in {out}")
+    return GateRun(threshold, decision, summary)
+
+
+def _sample_until(sampler: Sampler, n: int, max_draws: int, seed: int, sample_batch: int, ws: Workspace,
+                  real, threshold: Threshold, options: GateOptions, out: Path, aligned: bool,
+                  exclusions: dict[str, str], progress: ProgressFactory | None,
+                  spec: str) -> tuple[GateDecision, dict[str, dict], dict]:
+    """Call ``sampler(batch, seed)`` with seeds seed, seed+1, ... until ``n`` samples are accepted.
+
+    Each sample is saved as OUT/samples/seed{SEED}_{INDEX}.png and embedded through the store, so a
+    rerun with the same seeds embeds nothing again. Batches shrink to what is still needed, given the
+    acceptance rate so far; accepted samples beyond ``n`` are discarded.
+    """
+    from PIL import Image
+
+    folder = _fresh_folder(out / "samples")
+    decision = GateDecision()
+    samples: dict[str, dict] = {}
+    drawn = batches = n_new = 0
+    t_sample = t_embed = 0.0
+    update = progress("accepted samples") if progress else None
+    while len(decision.accepted) < n and drawn < max_draws:
+        needed = n - len(decision.accepted)
+        rate = len(decision.accepted) / drawn if drawn else 1.0
+        want = min(sample_batch, max_draws - drawn, max(needed, math.ceil(needed / max(rate, 0.05))))
+        batch_seed = seed + batches
+        t0 = time.perf_counter()
+        try:
+            images = list(sampler(want, batch_seed))
+        except Exception as exc:  # noqa: BLE001 - the user's generator failed: say so in one line
+            raise IdleakError(f"--generator {spec} failed on sample({want}, seed={batch_seed}): "
+                              f"{type(exc).__name__}: {exc}") from None
+        if len(images) != want:
+            raise IdleakError(f"--generator {spec} returned {len(images)} images for sample({want}, "
+                              f"seed={batch_seed})")
+        records = []
+        for index, image in enumerate(images):
+            path = folder / f"seed{batch_seed}_{index:04d}.png"
+            Image.fromarray(as_rgb_uint8(image, f"--generator {spec}")).save(path)
+            records.append(Record(str(path)))
+            samples[str(path)] = {"seed": batch_seed, "index": index, "batch_n": want}
+        t1 = time.perf_counter()
+        prepared = ws.prepare(Source(str(folder), "folder", records), "SYN", aligned, exclusions, quiet=True)
+        batch = gate_faces(prepared.faces, real, threshold, options.block_size)
+        n_new += prepared.stats.n_new
+        t_sample += t1 - t0
+        t_embed += time.perf_counter() - t1
+        decision.extend(batch)
+        drawn += want
+        batches += 1
+        if update:
+            update(min(len(decision.accepted), n), n)
+    surplus = decision.accepted[n:]
+    decision.accepted = decision.accepted[:n]
+    for row in surplus:
+        Path(row["path"]).unlink(missing_ok=True)
+        samples.pop(row["path"], None)
+    n_rejected = len(decision.rejected)
+    generation = {
+        "generator": spec, "n_requested": n, "n_accepted": len(decision.accepted), "n_drawn": drawn,
+        "n_rejected": n_rejected, "n_discarded_surplus": len(surplus), "n_batches": batches,
+        "rejection_rate": n_rejected / max(1, drawn - len(surplus)), "max_draws": max_draws, "first_seed": seed,
+        "sample_batch": sample_batch, "seconds_sampling": t_sample, "seconds_embedding": t_embed,
+        "n_embedded_new": n_new,
+        "regenerate": "sample(batch_n, seed)[index] with the seed, index and batch_n columns of the CSVs",
+    }
+    return decision, samples, generation
+
+
+def _write_decision(out: Path, decision: GateDecision, samples: dict[str, dict]) -> None:
+    extra = SAMPLE_COLUMNS if samples else []
+
+    def rows(items: list[dict]) -> list[dict]:
+        return [{**r, **samples.get(r["path"], {})} for r in items] if samples else items
+
+    write_table(rows(decision.accepted), ACCEPTED_COLUMNS + extra + BOX_COLUMNS, out / "accepted.csv",
+                csv_columns=ACCEPTED_COLUMNS + extra)
+    rejected = sorted(decision.rejected, key=lambda r: (r["reason"] != "leak", -(r["similarity"] or 0.0)))
+    write_table(rows(rejected), REJECTED_COLUMNS + extra + BOX_COLUMNS, out / "rejected.csv",
+                csv_columns=REJECTED_COLUMNS + extra)
+
+
+def _check_out_outside(out: Path, synthetic: Path) -> None:
+    """OUT inside a SYN folder would feed the gate's own output back into it on a rerun."""
+    if synthetic.is_dir():
+        syn, target = synthetic.resolve(), out.resolve()
+        if target == syn or syn in target.parents:
+            raise IdleakError(f"--out {out} is inside --synthetic {synthetic}: choose an output folder outside it")
+
+
+def _fresh_folder(folder: Path) -> Path:
+    """An empty ``folder``; an old one is deleted only if idleak made it."""
+    if folder.exists():
+        if not (folder / MARKER).is_file():
+            raise IdleakError(f"{folder} exists and was not made by idleak: move it away or choose another --out")
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    (folder / MARKER).write_text("made by idleak; rebuilt on every run\n", encoding="utf-8")
+    return folder
+
+
+def _release(out: Path, decision: GateDecision, mode: str, syn_source: Source | None,
+             synthetic: Path | None) -> dict:
+    """Rebuild OUT/released/ with the accepted images (copy or link); list mode removes an old one."""
+    target = out / "released"
+    if mode == "list":
+        if target.exists() and (target / MARKER).is_file():
+            shutil.rmtree(target)
+        return {"mode": mode, "folder": None, "n_files": 0}
+    paths = [r["path"] for r in decision.accepted]
+    if syn_source is not None and syn_source.kind == "folder":
+        root = synthetic.resolve()
+    else:
+        root = Path(os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])) if paths else out
+    staging = out / "released.partial"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir()
+    (staging / MARKER).write_text("made by idleak; rebuilt on every run\n", encoding="utf-8")
+    done: set[Path] = set()
+    for path in paths:
+        source = Path(os.path.abspath(path))
+        try:
+            relative = source.relative_to(root)
+        except ValueError:
+            relative = Path(source.name)
+        destination = staging / relative
+        if destination in done:
+            continue
+        done.add(destination)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            if mode == "copy":
+                shutil.copy2(source, destination)
+            else:
+                os.symlink(source, destination)
+        except OSError as exc:
+            raise IdleakError(f"cannot {mode} {source} to {destination}: {exc.strerror or exc}") from None
+    if target.exists():
+        if not (target / MARKER).is_file():
+            shutil.rmtree(staging)
+            raise IdleakError(f"{target} exists and was not made by idleak: move it away or choose another --out")
+        shutil.rmtree(target)
+    os.replace(staging, target)
+    return {"mode": mode, "folder": str(target), "n_files": len(done)}
+
+
+def _gate_summary(decision: GateDecision, threshold: Threshold, options: GateOptions, ws: Workspace, ref,
+                  real_source: Source, syn_source: Source | None, n_input: int, mode: str, released: dict,
+                  reasons: dict[str, int], generation: dict | None) -> dict:
+    n_images = decision.n_images
+    by_reason = decision.reasons()
+    n_leak = by_reason.get("leak", 0)
+    unchecked = sum(c for r, c in by_reason.items() if r != "leak")
+    text = (f"{len(decision.accepted)} of {n_images} synthetic images released; {len(decision.rejected)} rejected: "
+            f"{n_leak} match a real face above the threshold")
+    if unchecked:
+        text += f", {unchecked} could not be checked (no usable face) and are held back"
+    text += f". A stranger's face is rejected with probability about {options.alpha:g}."
+    return {
+        "analysis": "gate",
+        "verdict_text": text,
+        "n_images": n_images,
+        "n_input_images": n_input,
+        "n_accepted": len(decision.accepted),
+        "n_rejected": len(decision.rejected),
+        "rejected_by_reason": by_reason,
+        "rejection_rate": len(decision.rejected) / n_images if n_images else 0.0,
+        "n_rejected_leak": n_leak,
+        "n_rejected_unchecked": unchecked,
+        "expected_false_rejections": options.alpha * (n_images - unchecked),
+        "leaked_real_identities": _count(r["real_identity"] or f"(unlabelled) {r['real_path']}"
+                                         for r in decision.rejected if r["reason"] == "leak"),
+        "threshold": threshold.value,
+        "alpha": options.alpha,
+        "method": threshold.method,
+        "method_text": METHOD_TEXT.get(threshold.method, threshold.method),
+        "threshold_details": threshold.details,
+        "n_real_faces": len(ref.faces),
+        "n_real_images": len(real_source.records),
+        "mode": mode,
+        "released": released,
+        "generation": generation,
+        "excluded": reasons,
+        "n_excluded": int(sum(reasons.values())),
+        "model": ws.model_id,
+        "inputs": {"synthetic": syn_source.spec if syn_source else None, "real": real_source.spec,
+                   "store": str(ws.store.root), "faces": ws.faces},
+        "versions": versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def _count(values) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for value in values:
+        counts[str(value)] = counts.get(str(value), 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+# -- lookup ----------------------------------------------------------------------------------------------
+@dataclass
+class LookupRun:
+    """What ``lookup`` found and wrote."""
+
+    datasets: list[DatasetLookup]
+    summary: dict = field(default_factory=dict)
+
+    @property
+    def found(self) -> bool:
+        return any(d.found for d in self.datasets)
+
+
+def lookup(person: str | os.PathLike[str], datasets: list[str | os.PathLike[str]], out: str | os.PathLike[str],
+           options: LookupOptions | None = None, model: str = "dlib", cache: str | os.PathLike[str] | None = None,
+           aligned_person: bool = False, aligned_datasets: bool = False, workers: int | None = None,
+           progress: ProgressFactory | None = None, report: bool = True, workspace: Workspace | None = None,
+           **model_options: object) -> LookupRun:
+    """Search one person's photos in each dataset (folder, manifest or store) against its calibrated threshold.
+
+    Writes matches.csv (+ .parquet with face boxes), excluded.csv, summary.json (with a plain-language
+    statement of what the result does and does not prove) and report.html.
+    """
+    started = time.perf_counter()
+    options = options or LookupOptions()
+    if not datasets:
+        raise IdleakError("give at least one dataset with --in")
+    if not 0 < options.alpha < 1:
+        raise IdleakError(f"--alpha must be between 0 and 1, got {options.alpha}")
+    out = Path(out)
+    person_source = open_source(person, "--person")
+    sources = [open_source(d, "--in") for d in datasets]
+    ws = workspace or Workspace(model, cache, workers, progress, "largest", **model_options)
+    out.mkdir(parents=True, exist_ok=True)
+    # the person's photos: their own (largest) face; the datasets: every face (group photos)
+    who = ws.prepare(person_source, "person", aligned_person, faces="largest")
+    check_person(who.faces)
+    names = _dataset_names([s.spec for s in sources])
+    results, excluded, prepared = [], list(who.faces.excluded), []
+    for name, source in zip(names, sources):
+        data = ws.prepare(source, f"dataset {name}", aligned_datasets, faces="all")
+        excluded += data.faces.excluded
+        prepared.append(data)
+        results.append(lookup_dataset(who.faces, data.faces, ws.model_id, name, options))
+    rows = sorted((m for r in results for m in r.matches), key=lambda m: -m["similarity"])
+    write_table(rows, MATCH_COLUMNS + ["dataset_box", "person_box"], out / "matches.csv", csv_columns=MATCH_COLUMNS)
+    reasons = write_excluded(out / "excluded.csv", excluded)
+    said = statement(results, options.alpha, len(who.faces), len(who.faces.excluded))
+    summary = {
+        "analysis": "lookup",
+        "found": said["found"],
+        "verdict_text": said["headline"],
+        "statement": said,
+        "n_matches": len(rows),
+        "person": {"spec": person_source.spec, "n_images": len(person_source.records), "n_faces": len(who.faces),
+                   "n_excluded": len(who.faces.excluded)},
+        "datasets": [_dataset_summary(r, s, p) for r, s, p in zip(results, sources, prepared)],
+        "alpha": options.alpha,
+        "excluded": reasons,
+        "n_excluded": int(sum(reasons.values())),
+        "model": ws.model_id,
+        "inputs": {"person": person_source.spec, "datasets": [s.spec for s in sources], "store": str(ws.store.root)},
+        "versions": versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "timings": {"embed_person_s": who.seconds, "embed_datasets_s": sum(p.seconds for p in prepared)},
+    }
+    write_json(out / "summary.json", summary)
+    if report:
+        from idleak.report.release import write_lookup_report
+
+        write_lookup_report(out)
+    summary["timings"]["total_s"] = time.perf_counter() - started
+    write_json(out / "summary.json", summary)
+    return LookupRun(results, summary)
+
+
+def _dataset_names(specs: list[str]) -> list[str]:
+    """Short unique names for the datasets (folder or file name; numbered if two are the same)."""
+    names: list[str] = []
+    for spec in specs:
+        base = Path(spec).name or str(spec)
+        name, k = base, 2
+        while name in names:
+            name, k = f"{base} ({k})", k + 1
+        names.append(name)
+    return names
+
+
+def _dataset_summary(result: DatasetLookup, source: Source, prepared) -> dict:
+    ids = _count(m["dataset_identity"] for m in result.matches if m["dataset_identity"] is not None)
+    return {
+        "name": result.name, "spec": source.spec, "n_images": len(source.records), "n_faces": result.n_faces,
+        "n_excluded": len(prepared.faces.excluded), "found": result.found, "n_matches": len(result.matches),
+        "matched_identities": ids, "threshold": result.threshold.value, "method": result.threshold.method,
+        "method_text": METHOD_TEXT.get(result.threshold.method, result.threshold.method),
+        "alpha_per_photo": result.alpha_per_photo, "threshold_details": result.threshold.details,
+        "closest": result.closest,
+    }
+
+
+# -- report with review counts ---------------------------------------------------------------------------
+def report(out: str | os.PathLike[str]) -> dict:
+    """Rebuild OUT/report.html and OUT/summary.json with the human review counts (from OUT/review.sqlite,
+    if it holds any verdict).
+
+    Also writes OUT/review_excluded.csv (path, reason) with the reviewers' exclusions, usable as
+    ``--exclude`` in a rerun. Nothing is embedded or searched again.
+    """
+    import json
+
+    from idleak.report import analysis_of, rebuild
+
+    out = Path(out)
+    analysis_of(out)  # one-line error if OUT is not an idleak output folder
+    summary_path = out / "summary.json"
+    summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    review = None
+    if (out / "review.sqlite").is_file():
+        from idleak.review.candidates import load_candidates
+        from idleak.review.db import VerdictStore, review_counts, write_review_exclusions
+
+        verdicts = VerdictStore(out / "review.sqlite").verdicts()
+        if verdicts:
+            candidates = load_candidates(out)
+            review = review_counts(verdicts, candidates)
+            write_review_exclusions(out / "review_excluded.csv", verdicts, candidates)
+    if review is None:
+        summary.pop("review", None)
+    else:
+        summary["review"] = review
+    write_json(summary_path, summary)
+    rebuild(out, review)
+    return summary
