@@ -11,7 +11,6 @@ ever reaches the file system; static files come from a fixed list. Names are sho
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import secrets
 import socket
@@ -20,13 +19,12 @@ from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from PIL import Image
 
 from idleak.errors import IdleakError, ImageError
 from idleak.images import load_rgb
+from idleak.report.thumbs import face_crop, jpeg_bytes
 from idleak.review.candidates import CandidateSet, load_candidates
 from idleak.review.db import VERDICTS, VerdictStore, review_counts
 
@@ -64,18 +62,7 @@ def presented_token(request: Request, token: str) -> str | None:
 
 def face_jpeg(path: Path, box: list[float] | None, size: int = IMAGE_SIZE, margin: float = 0.45) -> bytes:
     """The image at ``path``, cropped around ``box`` with a margin, at most ``size`` px, as JPEG bytes."""
-    image = Image.fromarray(load_rgb(path))
-    if box is not None and np.all(np.isfinite(box)):
-        left, top, right, bottom = (float(v) for v in box)
-        w, h = right - left, bottom - top
-        if w > 4 and h > 4 and (w < image.width * 0.8 or h < image.height * 0.8):
-            crop = (max(0, left - w * margin), max(0, top - h * margin), min(image.width, right + w * margin),
-                    min(image.height, bottom + h * margin))
-            image = image.crop(tuple(int(round(c)) for c in crop))
-    image.thumbnail((size, size))
-    buffer = io.BytesIO()
-    image.convert("RGB").save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
+    return jpeg_bytes(face_crop(load_rgb(path), box, margin, full_fraction=0.8), size, quality=90)
 
 
 class _ImageCache:
