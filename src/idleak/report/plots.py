@@ -34,6 +34,6 @@ def similarity_histogram(synthetic: np.ndarray, null: np.ndarray, threshold: flo
     ax.axvline(threshold, color="black", linestyle="--", linewidth=1.5, label=f"threshold {threshold:.3f}")
     ax.set_xlabel("cosine similarity to the nearest real face")
     ax.set_ylabel("density")
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3, frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
     return figure_png(fig)
