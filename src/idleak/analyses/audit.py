@@ -67,8 +67,9 @@ def choose_method(real: FaceSet, options: AuditOptions) -> str:
     return "fmr"
 
 
-def calibrate(real: FaceSet, model_id: str, options: AuditOptions, progress: ProgressFn | None = None) -> Threshold:
-    """The threshold for this gallery under the chosen method."""
+def calibrate(real: FaceSet, model_id: str, options: AuditOptions,
+              progress: ProgressFactory | None = None) -> Threshold:
+    """The threshold for this gallery under the chosen method (``progress`` shows the null's search)."""
     method = choose_method(real, options)
     if method == "manual":
         if options.threshold is None:
@@ -79,7 +80,7 @@ def calibrate(real: FaceSet, model_id: str, options: AuditOptions, progress: Pro
         if n_ids < 2:
             raise IdleakError("leave-one-identity-out needs REAL with at least 2 labelled identities")
         return loio_threshold(real.vectors, real.identities, options.alpha, max_queries=options.null_queries,
-                              block_size=options.block_size, progress=progress)
+                              block_size=options.block_size, progress=progress("calibrating") if progress else None)
     if method == "fmr":
         return fmr_threshold(model_id, options.alpha, len(real), options.fmr)
     raise IdleakError(f"unknown method {method!r}: use auto, loio, fmr or manual")
@@ -109,7 +110,7 @@ def run_audit(synthetic: FaceSet, real: FaceSet, model_id: str, options: AuditOp
                                          for h in hubs]
         k = min(options.top_k, len(real))
         result = topk(synthetic.vectors, real.vectors, k, block_size=options.block_size)
-    threshold = calibrate(real, model_id, options, progress("calibrating") if progress else None)
+    threshold = calibrate(real, model_id, options, progress)
     nearest = result.scores[:, 0]
     leak = nearest > threshold.value
     n_flagged = int(leak.sum())
