@@ -39,7 +39,7 @@ def load_photo(path: str | os.PathLike[str], size: int = SIZE) -> np.ndarray:
 
 
 class GloDecoder(nn.Module):
-    """Latents (n, latent_dim) -> grey-as-RGB images (n, 3, 64, 64) in [0, 1]."""
+    """Latents (n, latent_dim), projected onto the unit sphere -> grey-as-RGB images (n, 3, 64, 64) in [0, 1]."""
 
     def __init__(self, latent_dim: int = LATENT_DIM, channels: tuple[int, ...] = (128, 64, 32, 16, 8)) -> None:
         super().__init__()
@@ -53,7 +53,7 @@ class GloDecoder(nn.Module):
         self.body = nn.Sequential(*layers)
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
-        x = self.project(latents).view(len(latents), self.channels[0], 4, 4)
+        x = self.project(_unit(latents)).view(len(latents), self.channels[0], 4, 4)
         return self.body(nn.functional.leaky_relu(x, 0.2)).expand(-1, 3, -1, -1)
 
 
@@ -69,19 +69,18 @@ def train_glo(paths: list[str], steps: int = 1500, seed: int = 0, lr: float = 3e
                                   {"params": [latents], "lr": lr * 3}])
     start = time.perf_counter()
     loss_value = float("nan")
-    for step in range(steps):
+    step = 0
+    for step in range(1, steps + 1):  # noqa: B007 - the count is returned
         out = decoder(latents)[:, :1]
         loss = nn.functional.mse_loss(out, images) + 0.5 * nn.functional.l1_loss(out, images)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
-        with torch.no_grad():
-            latents.copy_(_unit(latents))
         loss_value = float(loss.detach())
         if seconds is not None and time.perf_counter() - start > seconds:
             break
     return {"decoder": decoder.state_dict(), "latents": latents.detach().clone(), "paths": list(paths),
-            "steps": step + 1, "loss": loss_value, "seconds": time.perf_counter() - start}
+            "steps": step, "loss": loss_value, "seconds": time.perf_counter() - start}
 
 
 def _unit(z: torch.Tensor) -> torch.Tensor:
