@@ -32,58 +32,62 @@ SampleFn = Callable[[int, int], Iterable]
 SAMPLE_COLUMNS = ["path", "seed", "index", "batch_size"]
 
 
-def load_callable(spec: str) -> Callable:
-    """The callable named by ``module:function`` (dotted module, or a ``.py`` file path; nested attributes
-    allowed). The current directory is importable, as with ``python -m``. One-line ``IdleakError`` if not."""
+def load_callable(spec: str, what: str = "--generator") -> Callable:
+    """The callable named by ``module:function`` (a dotted module or a ``.py`` file path; nested attributes
+    allowed). The current directory is importable, as with ``python -m``. One-line ``IdleakError`` naming
+    ``what`` (the option it came from) if the spec is malformed or does not resolve."""
+    spec = spec.strip() if isinstance(spec, str) else spec
     if not isinstance(spec, str) or spec.count(":") < 1:
-        raise IdleakError(f"generator must be given as module:function, got {spec!r}")
+        raise IdleakError(f"{what} must be 'module:function' (e.g. my_pkg.gen:sample), got {spec!r}")
     module_name, _, attr = spec.rpartition(":")
     if not module_name or not attr:
-        raise IdleakError(f"generator must be given as module:function, got {spec!r}")
-    module = _import(module_name, spec)
+        raise IdleakError(f"{what} must be 'module:function' (e.g. my_pkg.gen:sample), got {spec!r}")
+    module = _import(module_name, spec, what)
     target: object = module
     for part in attr.split("."):
         try:
             target = getattr(target, part)
         except AttributeError:
-            raise IdleakError(f"{spec}: module {module_name!r} has no attribute {attr!r}") from None
+            raise IdleakError(f"{what} {spec}: module {module_name!r} has no attribute {attr!r}") from None
     if not callable(target):
-        raise IdleakError(f"{spec}: {attr!r} is not callable")
+        raise IdleakError(f"{what} {spec}: {attr!r} is not callable")
     return target
 
 
-def _import(module_name: str, spec: str) -> object:
+def _import(module_name: str, spec: str, what: str) -> object:
     if module_name.endswith(".py"):
         path = Path(module_name)
         if not path.is_file():
-            raise IdleakError(f"{spec}: file not found: {path}")
-        name = f"_idleak_generator_{abs(hash(str(path.resolve())))}"
+            raise IdleakError(f"{what} {spec}: file not found: {path}")
+        name = f"_idleak_user_{abs(hash(str(path.resolve())))}"
         if name in sys.modules:
             return sys.modules[name]
         loader_spec = importlib.util.spec_from_file_location(name, path)
         if loader_spec is None or loader_spec.loader is None:
-            raise IdleakError(f"{spec}: cannot import {path}")
+            raise IdleakError(f"{what} {spec}: cannot import {path}")
         module = importlib.util.module_from_spec(loader_spec)
         sys.modules[name] = module
         try:
             loader_spec.loader.exec_module(module)
         except Exception as exc:  # noqa: BLE001 - user code; report it in one line
             del sys.modules[name]
-            raise IdleakError(f"{spec}: importing {path} failed: {type(exc).__name__}: {_first_line(exc)}") from None
+            raise IdleakError(f"{what} {spec}: importing {path} failed: {type(exc).__name__}: "
+                              f"{_first_line(exc)}") from None
         return module
     cwd = os.getcwd()
-    added = cwd not in sys.path and "" not in sys.path
-    if added:
+    if cwd not in sys.path and "" not in sys.path:
         sys.path.append(cwd)
     try:
         return importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name and module_name.startswith(exc.name):
-            raise IdleakError(f"{spec}: module {module_name!r} not found (is it on PYTHONPATH?)") from None
-        raise IdleakError(f"{spec}: importing {module_name!r} failed: missing module {exc.name!r}") from None
-    except Exception as exc:  # noqa: BLE001 - user code; report it in one line
-        raise IdleakError(f"{spec}: importing {module_name!r} failed: {type(exc).__name__}: {_first_line(exc)}") \
+            raise IdleakError(f"{what} {spec}: cannot import module {module_name!r}: not found "
+                              "(is it on PYTHONPATH?)") from None
+        raise IdleakError(f"{what} {spec}: cannot import module {module_name!r}: missing module {exc.name!r}") \
             from None
+    except Exception as exc:  # noqa: BLE001 - user code; report it in one line
+        raise IdleakError(f"{what} {spec}: importing {module_name!r} failed: {type(exc).__name__}: "
+                          f"{_first_line(exc)}") from None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -8,12 +8,9 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import math
 import os
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +23,7 @@ from idleak.analyses.lookup import DatasetLookup, LookupOptions, check_person, l
 from idleak.api import ProgressFactory, Workspace, read_exclusions, versions
 from idleak.calibrate import Threshold
 from idleak.errors import IdleakError
+from idleak.generators import load_callable, to_uint8_rgb
 from idleak.outputs import write_excluded, write_json, write_table
 from idleak.sources import Record, Source, open_source
 
@@ -56,53 +54,6 @@ class GateRun:
 
 
 Sampler = Callable[[int, int], list]
-
-
-def load_generator(spec: str) -> Sampler:
-    """``module:function`` or ``path/to/file.py:function`` -> the callable ``sample(n, seed)``."""
-    module_name, sep, function = str(spec).rpartition(":")
-    if not sep or not module_name or not function:
-        raise IdleakError(f"--generator must be module:function or file.py:function, not {spec!r}")
-    try:
-        if module_name.endswith(".py") or os.sep in module_name:
-            path = Path(module_name)
-            if not path.is_file():
-                raise IdleakError(f"--generator file not found: {path}")
-            name = f"idleak_generator_{abs(hash(str(path.resolve())))}"
-            module_spec = importlib.util.spec_from_file_location(name, path)
-            module = importlib.util.module_from_spec(module_spec)
-            module_spec.loader.exec_module(module)
-        else:
-            if os.getcwd() not in sys.path:  # like `python -m`: modules next to the user are importable
-                sys.path.insert(0, os.getcwd())
-            module = importlib.import_module(module_name)
-    except IdleakError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any import failure is a bad --generator
-        raise IdleakError(f"--generator {spec}: cannot import {module_name} ({type(exc).__name__}: {exc})") from None
-    sample = getattr(module, function, None)
-    if not callable(sample):
-        raise IdleakError(f"--generator {spec}: {module_name} has no callable {function!r}")
-    return sample
-
-
-def as_rgb_uint8(image: object, where: str) -> np.ndarray:
-    """A generator's sample (PIL image or HxWx3 / HxW uint8 array) as HxWx3 uint8."""
-    try:
-        from PIL import Image
-
-        if isinstance(image, Image.Image):
-            return np.asarray(image.convert("RGB"))
-    except ImportError:  # pragma: no cover - pillow is a dependency
-        pass
-    array = np.asarray(image)
-    if array.dtype != np.uint8:
-        raise IdleakError(f"{where}: samples must be PIL images or uint8 arrays, got dtype {array.dtype}")
-    if array.ndim == 2:
-        array = np.stack([array] * 3, axis=-1)
-    if array.ndim != 3 or array.shape[2] not in (3, 4):
-        raise IdleakError(f"{where}: samples must be HxWx3 arrays, got shape {array.shape}")
-    return np.ascontiguousarray(array[:, :, :3])
 
 
 def gate(real: str | os.PathLike[str], out: str | os.PathLike[str], synthetic: str | os.PathLike[str] | None = None,
@@ -141,7 +92,7 @@ def gate(real: str | os.PathLike[str], out: str | os.PathLike[str], synthetic: s
         max_draws = 10 * n if max_draws is None else max_draws
         if max_draws < n:
             raise IdleakError(f"--max-draws ({max_draws}) is smaller than --n ({n})")
-        sampler = load_generator(generator) if isinstance(generator, str) else generator
+        sampler = load_callable(generator, "--generator") if isinstance(generator, str) else generator
     exclusions = read_exclusions(exclude)
     ws = workspace or Workspace(model, cache, workers, progress, faces, **model_options)
     out.mkdir(parents=True, exist_ok=True)
@@ -222,7 +173,7 @@ def _sample_until(sampler: Sampler, n: int, max_draws: int, seed: int, sample_ba
         records = []
         for index, image in enumerate(images):
             path = folder / f"seed{batch_seed}_{index:04d}.png"
-            Image.fromarray(as_rgb_uint8(image, f"--generator {spec}")).save(path)
+            Image.fromarray(to_uint8_rgb(image, f"--generator {spec}")).save(path)
             records.append(Record(str(path)))
             samples[str(path)] = {"seed": batch_seed, "index": index, "batch_n": want}
         t1 = time.perf_counter()

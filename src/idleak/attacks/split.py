@@ -16,9 +16,6 @@ features before the attacker sees them (noise, quantisation, dropout ...).
 
 from __future__ import annotations
 
-import importlib
-import os
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -28,6 +25,7 @@ from PIL import Image
 from torch import nn
 
 from idleak.errors import IdleakError, ImageError
+from idleak.generators import load_callable
 from idleak.images import load_rgb
 from idleak.sources import Record
 
@@ -36,30 +34,6 @@ Defense = Callable[[torch.Tensor], torch.Tensor]
 
 class _StopForward(Exception):
     """Raised by the split hook once the features are captured."""
-
-
-def load_callable(spec: str, what: str) -> Callable:
-    """Import ``module:function``; one-line ``IdleakError`` if the spec is malformed or does not resolve."""
-    spec = (spec or "").strip()
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise IdleakError(f"{what} must be 'module:function' (e.g. my_pkg.models:build), got {spec!r}")
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())  # like `python -m`: modules next to where the user runs idleak
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise IdleakError(f"{what} {spec!r}: cannot import module {module_name!r} ({exc})") from None
-    except Exception as exc:  # noqa: BLE001 - user code failed while importing
-        raise IdleakError(f"{what} {spec!r}: importing {module_name!r} failed: {type(exc).__name__}: {exc}") from None
-    target: object = module
-    for part in attr.split("."):
-        if not hasattr(target, part):
-            raise IdleakError(f"{what} {spec!r}: module {module_name!r} has no attribute {attr!r}")
-        target = getattr(target, part)
-    if not callable(target):
-        raise IdleakError(f"{what} {spec!r}: {attr!r} is not callable")
-    return target
 
 
 def build_model(spec: str) -> nn.Module:
