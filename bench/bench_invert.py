@@ -3,7 +3,7 @@ decoder, to invert one image with it, and to invert one image with the white-box
 each with torch's default number of threads and with one thread, and their ratio.
 
     python bench/bench_invert.py [--faces ../shared/data/faces/orl] [--epochs 30] [--steps 300]
-                                 [--out bench/RESULTS_invert.md] [--note "..."]
+                                 [--out FILE.md] [--note "..."]
 
 No face embedding is involved (that is the dlib cost, measured elsewhere); only torch work.
 """
@@ -50,7 +50,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=50)
-    parser.add_argument("--out", default=str(REPO / "bench" / "RESULTS_invert.md"))
+    parser.add_argument("--out", default="", help="also write the table to this Markdown file")
     parser.add_argument("--note", default="")
     args = parser.parse_args()
 
@@ -99,8 +99,9 @@ def main() -> None:
             f"| {single['decode'] / many['decode']:.2f} "
             f"| {many['optimize']:.2f} s | {single['optimize']:.2f} s | {single['optimize'] / many['optimize']:.2f} |")
     lines += ["", "Ratio = time with one thread / time with torch's default threads (above 1: the threads help).", ""]
-    Path(args.out).write_text("\n".join(lines), encoding="utf-8")
     print("\n".join(lines))
+    if args.out:
+        Path(args.out).write_text("\n".join(lines), encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
+import sys
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
@@ -127,6 +129,27 @@ def _work_chunk(items: list[tuple[str, str, str | None]], aligned: bool) -> list
     return [image_rows(_WORKER_EMBEDDER, p, h, i, aligned) for p, h, i in items]
 
 
+def start_method() -> str:
+    """How worker processes start: IDLEAK_START_METHOD, else "fork" on Linux (workers inherit the
+    loaded model, no start-up cost), else "spawn" (each worker loads its own copy)."""
+    method = os.environ.get("IDLEAK_START_METHOD")
+    if method:
+        return method
+    return "fork" if sys.platform.startswith("linux") else "spawn"
+
+
+def _worker_pool(workers: int, spec: EmbedderSpec, embedder: Embedder | None) -> ProcessPoolExecutor:
+    global _WORKER_EMBEDDER
+    method = start_method()
+    if method == "fork":
+        _WORKER_EMBEDDER = embedder or load_embedder(spec)  # inherited by the forked workers
+        with warnings.catch_warnings():  # Python 3.12+ warns about fork with threads; workers use none
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method),
+                               initializer=_init_worker, initargs=(spec,))
+
+
 def default_workers() -> int:
     """Worker processes to use: IDLEAK_WORKERS or the number of usable cores."""
     env = os.environ.get("IDLEAK_WORKERS")
@@ -194,9 +217,7 @@ def embed_records(
                 take([image_rows(local, path, content_hash, identity, aligned)])
         else:
             chunks = [items[i:i + chunk_size] for i in range(0, total, chunk_size)]
-            context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                                     initargs=(spec,)) as pool:
+            with _worker_pool(workers, spec, embedder) as pool:
                 pending: set[Future] = set()
                 queue = iter(chunks)
                 for chunk in queue:
