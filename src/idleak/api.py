@@ -23,7 +23,13 @@ from idleak.analyses.audit import AuditOptions, AuditResult, run_audit
 from idleak.embedding import EmbedStats, FaceSet, embed_records, hash_records, load_faces
 from idleak.errors import IdleakError
 from idleak.faces import Embedder, EmbedderSpec, load_embedder, parse_model
-from idleak.outputs import PAIR_COLUMNS, PAIR_EXTRA_COLUMNS, write_excluded, write_json, write_table
+from idleak.outputs import (
+    PAIR_COLUMNS,
+    PAIR_EXTRA_COLUMNS,
+    write_excluded,
+    write_summary_and_report,
+    write_table,
+)
 from idleak.sources import Record, Source, open_source
 from idleak.store import EmbeddingStore
 
@@ -203,16 +209,9 @@ def audit(synthetic: str | os.PathLike[str], real: str | os.PathLike[str], out: 
     summary = audit_summary(result, options, ws, syn, ref, reasons)
     summary["timings"] = {"embed_synthetic_s": syn.seconds, "embed_real_s": ref.seconds,
                           "search_and_calibrate_s": search_seconds}
-    write_json(out / "summary.json", summary)
-    if report:
-        from idleak.report.html import write_audit_report
+    from idleak.report.html import write_audit_report
 
-        t1 = time.perf_counter()
-        write_audit_report(out)
-        summary["timings"]["report_s"] = time.perf_counter() - t1
-    summary["timings"]["total_s"] = time.perf_counter() - started
-    write_json(out / "summary.json", summary)
-    result.summary = summary
+    result.summary = write_summary_and_report(out, summary, started, write_audit_report if report else None)
     return result
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 import json
 import os
+import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,22 @@ def write_json(path: str | os.PathLike[str], data: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=_plain, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(tmp, path)
+
+
+def write_summary_and_report(out: str | os.PathLike[str], summary: dict, started: float,
+                             render: Callable[[Path], object] | None = None) -> dict:
+    """Write ``summary.json``, then (if ``render``) the report from the OUT files, then the summary again
+    with ``timings.report_s`` and ``timings.total_s`` (``started`` is a ``time.perf_counter()`` value)."""
+    out = Path(out)
+    timings = summary.setdefault("timings", {})
+    write_json(out / "summary.json", summary)
+    if render is not None:
+        t0 = time.perf_counter()
+        render(out)
+        timings["report_s"] = time.perf_counter() - t0
+    timings["total_s"] = time.perf_counter() - started
+    write_json(out / "summary.json", summary)
+    return summary
 
 
 def _plain(value: object) -> object:

@@ -24,7 +24,7 @@ from idleak.api import ProgressFactory, Workspace, read_exclusions, versions
 from idleak.calibrate import Threshold
 from idleak.errors import IdleakError
 from idleak.generators import load_callable, to_uint8_rgb
-from idleak.outputs import write_excluded, write_json, write_table
+from idleak.outputs import write_excluded, write_json, write_summary_and_report, write_table
 from idleak.sources import Record, Source, open_source
 
 MODES = ("list", "copy", "link")
@@ -123,15 +123,9 @@ def gate(real: str | os.PathLike[str], out: str | os.PathLike[str], synthetic: s
                             released, reasons, generation)
     summary["n_embedded_new"] = {"real": ref.stats.n_new, "synthetic": syn_new}
     summary["timings"] = {"embed_real_s": ref.seconds, "synthetic_s": syn_seconds}
-    write_json(out / "summary.json", summary)
-    if report:
-        from idleak.report.release import write_gate_report
+    from idleak.report.release import write_gate_report
 
-        t0 = time.perf_counter()
-        write_gate_report(out)
-        summary["timings"]["report_s"] = time.perf_counter() - t0
-    summary["timings"]["total_s"] = time.perf_counter() - started
-    write_json(out / "summary.json", summary)
+    write_summary_and_report(out, summary, started, write_gate_report if report else None)
     if generation is not None and generation["n_accepted"] < n:
         raise IdleakError(f"reached --max-draws {max_draws} with only {generation['n_accepted']} of {n} samples "
                           f"accepted (rejection rate {generation['rejection_rate']:.1%}); outputs so far are in {out}")
@@ -401,13 +395,9 @@ def lookup(person: str | os.PathLike[str], datasets: list[str | os.PathLike[str]
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "timings": {"embed_person_s": who.seconds, "embed_datasets_s": sum(p.seconds for p in prepared)},
     }
-    write_json(out / "summary.json", summary)
-    if report:
-        from idleak.report.release import write_lookup_report
+    from idleak.report.release import write_lookup_report
 
-        write_lookup_report(out)
-    summary["timings"]["total_s"] = time.perf_counter() - started
-    write_json(out / "summary.json", summary)
+    write_summary_and_report(out, summary, started, write_lookup_report if report else None)
     return LookupRun(results, summary)
 
 
