@@ -20,18 +20,24 @@ MIN_LABELLED_FRACTION = 0.5
 
 
 @dataclass
-class AuditOptions:
-    """Settings of the decision; defaults are the CLI's."""
+class ThresholdOptions:
+    """How the calibrated threshold is set; shared by the audit, the gate and the lookup."""
 
     alpha: float = 0.01
-    top_k: int = 5
     method: str = "auto"  # auto | loio | fmr | manual
     fmr: float | None = None
     threshold: float | None = None
-    exclude_hubs: bool = False
-    top_pairs: int = 50
     block_size: int = 65_536
     null_queries: int | None = 50_000  # LOIO null from at most this many real faces (random sample)
+
+
+@dataclass
+class AuditOptions(ThresholdOptions):
+    """Settings of the audit's decision; defaults are the CLI's."""
+
+    top_k: int = 5
+    exclude_hubs: bool = False
+    top_pairs: int = 50
 
 
 @dataclass
@@ -55,7 +61,7 @@ class AuditResult:
         return self.scores[:, 0] if self.scores.size else np.zeros(0, np.float32)
 
 
-def choose_method(real: FaceSet, options: AuditOptions) -> str:
+def choose_method(real: FaceSet, options: ThresholdOptions) -> str:
     if options.method != "auto":
         return options.method
     if options.threshold is not None:
@@ -67,7 +73,7 @@ def choose_method(real: FaceSet, options: AuditOptions) -> str:
     return "fmr"
 
 
-def calibrate(real: FaceSet, model_id: str, options: AuditOptions,
+def calibrate(real: FaceSet, model_id: str, options: ThresholdOptions,
               progress: ProgressFactory | None = None) -> Threshold:
     """The threshold for this gallery under the chosen method (``progress`` shows the null's search)."""
     method = choose_method(real, options)

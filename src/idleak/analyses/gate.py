@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from idleak.analyses.audit import AuditOptions, calibrate
+from idleak.analyses.audit import ThresholdOptions, calibrate
 from idleak.calibrate import Threshold
 from idleak.embedding import FaceSet
 from idleak.errors import IdleakError
@@ -23,18 +23,8 @@ LEAK = "leak"
 
 
 @dataclass
-class GateOptions:
-    """How the threshold is set (the audit's settings)."""
-
-    alpha: float = 0.01
-    method: str = "auto"  # auto | loio | fmr | manual
-    fmr: float | None = None
-    threshold: float | None = None
-    block_size: int = 65_536
-
-    def audit_options(self) -> AuditOptions:
-        return AuditOptions(alpha=self.alpha, method=self.method, fmr=self.fmr, threshold=self.threshold,
-                            block_size=self.block_size)
+class GateOptions(ThresholdOptions):
+    """How the threshold is set: the audit's settings."""
 
 
 @dataclass
@@ -75,7 +65,7 @@ def calibrate_gate(real: FaceSet, model_id: str, options: GateOptions) -> Thresh
         raise IdleakError(f"--alpha must be between 0 and 1, got {options.alpha}")
     if len(real) == 0:
         raise IdleakError("REAL has no usable faces (see excluded.csv)")
-    return calibrate(real, model_id, options.audit_options())
+    return calibrate(real, model_id, options)
 
 
 def gate_faces(synthetic: FaceSet, real: FaceSet, threshold: Threshold, block_size: int = 65_536) -> GateDecision:

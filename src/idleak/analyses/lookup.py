@@ -9,11 +9,12 @@ set so that a stranger's photo passes with probability ``alpha / P`` for P photo
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from idleak.analyses.audit import AuditOptions, calibrate
+from idleak.analyses.audit import ThresholdOptions, calibrate
 from idleak.calibrate import Threshold
 from idleak.embedding import FaceSet
 from idleak.errors import IdleakError
@@ -21,14 +22,8 @@ from idleak.search import topk
 
 
 @dataclass
-class LookupOptions:
-    """Settings of the decision (the audit's)."""
-
-    alpha: float = 0.01
-    method: str = "auto"  # auto | loio | fmr | manual
-    fmr: float | None = None
-    threshold: float | None = None
-    block_size: int = 65_536
+class LookupOptions(ThresholdOptions):
+    """Settings of the decision (the audit's); alpha is split over the person's photos."""
 
 
 @dataclass
@@ -67,9 +62,7 @@ def lookup_dataset(person: FaceSet, dataset: FaceSet, model_id: str, name: str,
     alpha_per_photo = options.alpha / len(person)
     if len(dataset) == 0:
         return DatasetLookup(name, Threshold(float("nan"), "none", options.alpha), alpha_per_photo, 0)
-    threshold = calibrate(dataset, model_id, AuditOptions(alpha=alpha_per_photo, method=options.method,
-                                                          fmr=options.fmr, threshold=options.threshold,
-                                                          block_size=options.block_size))
+    threshold = calibrate(dataset, model_id, dataclasses.replace(options, alpha=alpha_per_photo))
     found = topk(dataset.vectors, person.vectors, 1, block_size=options.block_size)
     scores, best = found.scores[:, 0], found.indices[:, 0]
     rows = []
