@@ -308,19 +308,15 @@ def total_variation(images: torch.Tensor) -> torch.Tensor:
     return dx + dy
 
 
-def optimize_attack(split: SplitModel, layer: str, observed: torch.Tensor, prior: torch.Tensor,
-                    settings: AttackSettings, progress: Progress | None = None) -> torch.Tensor:
-    """Images whose features at ``layer`` match ``observed`` (relative squared error) + TV, kept in [0, 1]."""
-    torch.manual_seed(settings.seed)
-    observed = observed.detach()
-    x = prior.expand(len(observed), *prior.shape[-3:]).clone().requires_grad_(True)
-    optimizer = torch.optim.Adam([x], lr=settings.step_lr)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, settings.steps))
-    norm = observed.flatten(1).pow(2).sum(1).clamp_min(1e-8)
-    for step in range(settings.steps):
-        features = split.features(x, layer)
-        fit = (features - observed).flatten(1).pow(2).sum(1) / norm
-        loss = (fit + settings.tv_weight * total_variation(x)).sum()
+def optimize_images(start: torch.Tensor, loss_fn, steps: int, lr: float,
+                    progress: Progress | None = None) -> torch.Tensor:
+    """Adam with a cosine schedule on the pixels of ``start``, minimising ``loss_fn(x)`` (one loss per
+    image, summed), with the images clamped to [0, 1] after every step."""
+    x = start.clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([x], lr=lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, steps))
+    for step in range(steps):
+        loss = loss_fn(x).sum()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -328,8 +324,23 @@ def optimize_attack(split: SplitModel, layer: str, observed: torch.Tensor, prior
         with torch.no_grad():
             x.clamp_(0.0, 1.0)
         if progress and (step + 1) % 25 == 0:
-            progress(step + 1, settings.steps)
+            progress(step + 1, steps)
     return x.detach()
+
+
+def optimize_attack(split: SplitModel, layer: str, observed: torch.Tensor, prior: torch.Tensor,
+                    settings: AttackSettings, progress: Progress | None = None) -> torch.Tensor:
+    """Images whose features at ``layer`` match ``observed`` (relative squared error) + TV, kept in [0, 1]."""
+    torch.manual_seed(settings.seed)
+    observed = observed.detach()
+    norm = observed.flatten(1).pow(2).sum(1).clamp_min(1e-8)
+
+    def loss(x: torch.Tensor) -> torch.Tensor:
+        fit = (split.features(x, layer) - observed).flatten(1).pow(2).sum(1) / norm
+        return fit + settings.tv_weight * total_variation(x)
+
+    start = prior.expand(len(observed), *prior.shape[-3:])
+    return optimize_images(start, loss, settings.steps, settings.step_lr, progress)
 
 
 def class_attack(split: SplitModel, class_indices: Sequence[int], prior: torch.Tensor, settings: AttackSettings,
@@ -338,23 +349,13 @@ def class_attack(split: SplitModel, class_indices: Sequence[int], prior: torch.T
     torch.manual_seed(settings.seed)
     targets = torch.tensor(list(class_indices), dtype=torch.long)
     start = prior.expand(len(targets), *prior.shape[-3:]).clone()
-    x = start.clone().requires_grad_(True)
-    optimizer = torch.optim.Adam([x], lr=settings.class_lr)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, settings.class_steps))
-    for step in range(settings.class_steps):
+
+    def loss(x: torch.Tensor) -> torch.Tensor:
         log_p = F.log_softmax(split.logits(x), dim=1).gather(1, targets[:, None])[:, 0]
         prior_term = (x - start).flatten(1).pow(2).mean(1)
-        loss = (-log_p + settings.class_tv_weight * total_variation(x)
-                + settings.class_prior_weight * prior_term).sum()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        with torch.no_grad():
-            x.clamp_(0.0, 1.0)
-        if progress and (step + 1) % 25 == 0:
-            progress(step + 1, settings.class_steps)
-    return x.detach()
+        return -log_p + settings.class_tv_weight * total_variation(x) + settings.class_prior_weight * prior_term
+
+    return optimize_images(start, loss, settings.class_steps, settings.class_lr, progress)
 
 
 def class_probabilities(split: SplitModel, images: torch.Tensor, class_indices: Sequence[int]) -> list[float]:
