@@ -207,14 +207,10 @@ def run_mia(generated: FaceSet, members: FaceSet, nonmembers: FaceSet, options: 
     generated_nn = nearest.scores[:, 0]
     over = generated_nn > threshold.value
     n_over = np.bincount(groups[nearest.indices[over, 0]], minlength=len(identities))
-    roc = roc_metrics(score, member, options.n_bootstrap, options.bootstrap_seed)
-    genuine = genuine_nearest(photos.vectors, groups)
-    impostor = leave_one_identity_out_null(photos.vectors, photos.identities, options.max_impostor_queries,
-                                           block_size=options.block_size)
-    distributions = {"genuine": genuine, "impostor": impostor, "generated": generated_nn.astype(np.float32),
-                     "photo_best": photo_score.astype(np.float32), "photo_member": photo_member}
+    roc, distributions, separated = _roc_and_distributions(photos, groups, member, score, photo_score,
+                                                          photo_member, generated_nn, options)
     return MiaResult("generated_faces", identities, member, score, n_over, n_photos, best_photo, best_generated,
-                     photos, roc, threshold, distributions, separation(generated_nn, genuine, impostor),
+                     photos, roc, threshold, distributions, separated,
                      over_representation(identities, member, score, train_counts),
                      {"n_generated_over_threshold": int(over.sum())})
 
@@ -231,12 +227,20 @@ def run_photo_scores(attack: str, photos: FaceSet, photo_member: np.ndarray, pho
     groups, identities, member, score, best_photo, best_generated, n_photos, threshold = aggregate(
         attack, photos, photo_member, photo_score, np.arange(len(photos)), options)
     n_over = np.bincount(groups[photo_score > threshold.value], minlength=len(identities))
+    roc, distributions, separated = _roc_and_distributions(photos, groups, member, score, photo_score,
+                                                          photo_member, photo_score, options)
+    return MiaResult(attack, identities, member, score, n_over, n_photos, best_photo, best_generated, photos, roc,
+                     threshold, distributions, separated, over_representation(identities, member, score, train_counts))
+
+
+def _roc_and_distributions(photos: FaceSet, groups: np.ndarray, member: np.ndarray, score: np.ndarray,
+                           photo_score: np.ndarray, photo_member: np.ndarray, generated: np.ndarray,
+                           options: MiaOptions) -> tuple[RocResult, dict[str, np.ndarray], dict]:
+    """The ROC over identities, and the genuine / impostor / real-generated distributions with their separation."""
     roc = roc_metrics(score, member, options.n_bootstrap, options.bootstrap_seed)
     genuine = genuine_nearest(photos.vectors, groups)
     impostor = leave_one_identity_out_null(photos.vectors, photos.identities, options.max_impostor_queries,
                                            block_size=options.block_size)
-    distributions = {"genuine": genuine, "impostor": impostor, "generated": photo_score.astype(np.float32),
+    distributions = {"genuine": genuine, "impostor": impostor, "generated": np.asarray(generated, np.float32),
                      "photo_best": photo_score.astype(np.float32), "photo_member": photo_member}
-    return MiaResult(attack, identities, member, score, n_over, n_photos, best_photo, best_generated, photos, roc,
-                     threshold, distributions, separation(photo_score, genuine, impostor),
-                     over_representation(identities, member, score, train_counts))
+    return roc, distributions, separation(generated, genuine, impostor)
