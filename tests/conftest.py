@@ -37,6 +37,12 @@ def workspace(cache_dir: Path):
     return Workspace("dlib", cache=cache_dir, workers=2)
 
 
+def lfw_people(faces_root: Path, n: int, offset: int = 0) -> list[Path]:
+    """``n`` LFW people (folders), every 11th in name order from ``offset``: a fixed, varied sample."""
+    people = sorted(p for p in (faces_root / "lfw").iterdir() if p.is_dir())
+    return people[offset::11][:n]
+
+
 def orl_photos(faces_root: Path, subject: int) -> list[Path]:
     """The 10 photos of ORL subject ``subject`` (1..40) in numeric order."""
     return sorted((faces_root / "orl" / f"s{subject}").glob("*.pgm"), key=lambda p: int(p.stem))
@@ -44,9 +50,10 @@ def orl_photos(faces_root: Path, subject: int) -> list[Path]:
 
 @pytest.fixture(scope="session")
 def planted(faces_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A planted-leak scenario from ORL.
+    """A planted-leak scenario from ORL, with a gallery large enough to state a 1% error rate.
 
-    REAL = subjects 1-20, photos 1-5. SYN (one sub-folder per synthetic identity):
+    REAL = ORL subjects 1-20, photos 1-5, plus one photo each of 500 LFW people (``lfw_NAME``): an
+    error rate of 1% per synthetic identity of 5 faces needs a null of at least 499 people. SYN (one sub-folder per synthetic identity):
     (a) ``leak_sN``: photos 6-10 of subjects 1-5 (other photos of REAL people: identity leak);
     (b) ``copy_sN``: crop / flip / colour / JPEG copies of photo 1 of subjects 6-10;
     (c) ``stranger_sN``: photos 1-2 of subjects 21-40 (people not in REAL).
@@ -60,6 +67,11 @@ def planted(faces_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
         folder.mkdir(parents=True)
         for photo in orl_photos(faces_root, subject)[:5]:
             (folder / photo.name).write_bytes(photo.read_bytes())
+    for person in lfw_people(faces_root, 500):
+        folder = real / f"lfw_{person.name}"
+        folder.mkdir(parents=True)
+        photo = sorted(person.glob("*.jpg"))[0]
+        (folder / photo.name).write_bytes(photo.read_bytes())
     for subject in range(1, 6):
         folder = syn / f"leak_s{subject}"
         folder.mkdir(parents=True)

@@ -221,7 +221,7 @@ def test_cli_without_torch_says_how_to_install(monkeypatch: pytest.MonkeyPatch, 
 def test_image_quality_and_reidentify_skip_own_photo(faces_root: Path) -> None:
     from idleak.analyses.invert import ReidGallery, image_quality, reidentify
     from idleak.attacks.split import load_images
-    from idleak.calibrate import Threshold
+    from idleak.decide import Threshold
 
     records = [Record(str(faces_root / "orl" / f"s{i}" / f"{k}.pgm"), f"s{i}") for i in (1, 2) for k in (1, 2)]
     images, _, _ = load_images(records, (1, 56, 48))

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from idleak import __version__
-from idleak.analyses.audit import AuditOptions, AuditResult, run_audit
+from idleak.analyses.audit import AuditOptions, AuditResult, audit_fields, run_audit
 from idleak.embedding import EmbedStats, FaceSet, embed_records, hash_records, load_faces
 from idleak.errors import IdleakError
 from idleak.faces import Embedder, EmbedderSpec, load_embedder, parse_model
@@ -183,30 +183,40 @@ def audit(synthetic: str | os.PathLike[str], real: str | os.PathLike[str], out: 
           model: str = "dlib", cache: str | os.PathLike[str] | None = None, options: AuditOptions | None = None,
           exclude: str | os.PathLike[str] | None = None, faces: str = "largest", aligned_synthetic: bool = False,
           aligned_real: bool = False, workers: int | None = None, progress: ProgressFactory | None = None,
-          report: bool = True, workspace: Workspace | None = None, **model_options: object) -> AuditResult:
+          report: bool = True, workspace: Workspace | None = None, holdout: str | os.PathLike[str] | None = None,
+          aligned_holdout: bool = False, **model_options: object) -> AuditResult:
     """Run the leakage audit and write summary.json, pairs.csv/.parquet, excluded.csv and report.html to ``out``."""
     started = time.perf_counter()
     options = options or AuditOptions()
-    if not 0 < options.alpha < 1:
-        raise IdleakError(f"--alpha must be between 0 and 1, got {options.alpha}")
+    options.validate()
     out = Path(out)
     exclusions = read_exclusions(exclude)
-    # validate both inputs before spending time on either
+    # validate every input before spending time on any
     syn_source, real_source = open_source(synthetic, "SYN"), open_source(real, "REAL")
+    hold_source = open_source(holdout, "HOLDOUT") if holdout is not None else None
     ws = workspace or Workspace(model, cache, workers, progress, faces, **model_options)
     out.mkdir(parents=True, exist_ok=True)
     syn = ws.prepare(syn_source, "SYN", aligned_synthetic, exclusions)
     ref = ws.prepare(real_source, "REAL", aligned_real, exclusions)
-    excluded = [(p, r, d) for p, r, d in syn.faces.excluded] + [(p, r, d) for p, r, d in ref.faces.excluded]
+    hold = ws.prepare(hold_source, "HOLDOUT", aligned_holdout, exclusions) if hold_source else None
     t0 = time.perf_counter()
-    result = run_audit(syn.faces, ref.faces, ws.model_id, options, progress=ws.progress)
+    try:
+        result = run_audit(syn.faces, ref.faces, ws.model_id, options, progress=ws.progress,
+                           holdout=hold.faces if hold else None)
+    except IdleakError:
+        write_excluded(out / "excluded.csv", syn.faces.excluded + ref.faces.excluded
+                       + (hold.faces.excluded if hold else []))
+        raise
     search_seconds = time.perf_counter() - t0
-    excluded += [e for e in result.real.excluded if e[1] == "hub"]
+    excluded = result.synthetic.excluded + result.real.excluded + (result.holdout.excluded if result.holdout else [])
     reasons = write_excluded(out / "excluded.csv", excluded)
     write_table(pair_rows(result), PAIR_COLUMNS + PAIR_EXTRA_COLUMNS, out / "pairs.csv", csv_columns=PAIR_COLUMNS)
     np.savez_compressed(out / "scores.npz", nearest=result.nearest.astype(np.float32),
-                        null=np.asarray(result.threshold.null, np.float32))
-    summary = audit_summary(result, options, ws, syn, ref, reasons)
+                        statistic=result.decision.statistic.astype(np.float32),
+                        p_value=result.decision.p_values.astype(np.float32),
+                        null=np.asarray(result.decision.null.values, np.float32),
+                        null_similarity=np.asarray(result.decision.null.raw, np.float32))
+    summary = audit_summary(result, options, ws, syn, ref, reasons, hold)
     summary["timings"] = {"embed_synthetic_s": syn.seconds, "embed_real_s": ref.seconds,
                           "search_and_calibrate_s": search_seconds}
     from idleak.report.html import write_audit_report
@@ -218,6 +228,7 @@ def audit(synthetic: str | os.PathLike[str], real: str | os.PathLike[str], out: 
 def pair_rows(result: AuditResult) -> list[dict]:
     """One row per synthetic face and rank, as in pairs.csv."""
     syn, real = result.synthetic, result.real
+    flagged = result.decision.flagged
     rows = []
     for q in range(len(syn)):
         for rank in range(result.indices.shape[1]):
@@ -228,7 +239,7 @@ def pair_rows(result: AuditResult) -> list[dict]:
             rows.append({
                 "synthetic_path": str(syn.paths[q]), "synthetic_identity": syn.identities[q], "rank": rank + 1,
                 "real_path": str(real.paths[j]), "real_identity": real.identities[j], "similarity": score,
-                "leak": bool(score > result.threshold.value),
+                "leak": bool(flagged[q]) and rank == 0,
                 "synthetic_box": _box(syn.boxes[q]), "real_box": _box(real.boxes[j]),
             })
     return rows
@@ -241,8 +252,10 @@ def _box(box: np.ndarray) -> list[float] | None:
 def top_pair_rows(result: AuditResult) -> list[dict]:
     """The global most similar pairs, for summary.json and the report."""
     syn, real = result.synthetic, result.real
+    flagged = result.decision.flagged
     return [{"synthetic_path": str(syn.paths[q]), "real_path": str(real.paths[j]), "real_identity": real.identities[j],
-             "similarity": s, "leak": bool(s > result.threshold.value), "synthetic_box": _box(syn.boxes[q]),
+             "similarity": s, "leak": bool(flagged[q] and result.indices[q, 0] == j),
+             "synthetic_box": _box(syn.boxes[q]),
              "real_box": _box(real.boxes[j])} for q, j, s in result.top_pairs]
 
 
@@ -255,48 +268,22 @@ def versions() -> dict[str, str]:
 
 
 def audit_summary(result: AuditResult, options: AuditOptions, ws: Workspace, syn: Prepared, ref: Prepared,
-                  reasons: dict[str, int]) -> dict:
-    n_syn = len(result.synthetic)
-    n_flagged = int(result.leak.sum())
-    expected = options.alpha * n_syn
-    leaks = result.p_value < options.alpha
-    threshold = result.threshold
-    method_text = {
-        "leave_one_identity_out": "leave-one-identity-out null on the labelled REAL faces",
-        "shipped_fmr": "false-match rate of the model measured on labelled public data, adjusted to gallery size",
-        "manual": "threshold given by the user",
-    }[threshold.method]
+                  reasons: dict[str, int], hold: Prepared | None = None) -> dict:
     return {
         "analysis": "audit",
-        "verdict": "leak" if leaks else "no_evidence_of_leak",
-        "verdict_text": (
-            f"{n_flagged} of {n_syn} synthetic faces match a real face above the threshold, "
-            f"{expected:.1f} expected by chance (p = {result.p_value:.3g})"
-            + ("; the synthetic set leaks real identities." if leaks else "; no evidence of leakage beyond chance.")
-        ),
+        **audit_fields(result),
         "n_synthetic_images": len(syn.source.records),
         "n_real_images": len(ref.source.records),
-        "n_synthetic_faces": n_syn,
-        "n_real_faces": len(result.real),
-        "threshold": threshold.value,
-        "alpha": options.alpha,
-        "method": threshold.method,
-        "method_text": method_text,
-        "threshold_details": threshold.details,
-        "n_flagged": n_flagged,
-        "expected_by_chance": expected,
-        "p_value": result.p_value,
-        **{k: v for k, v in result.counts.items()},
-        "top_k": int(result.indices.shape[1]),
-        "hubs": result.hubs,
+        "n_holdout_images": len(hold.source.records) if hold else None,
         "top_pairs": top_pair_rows(result),
-        "hubs_excluded": bool(options.exclude_hubs),
         "excluded": reasons,
-        "excluded_synthetic": dict(Counter(r for _, r, _ in syn.faces.excluded)),
+        "excluded_synthetic": dict(Counter(r for _, r, _ in result.synthetic.excluded)),
         "excluded_real": dict(Counter(r for _, r, _ in result.real.excluded)),
+        "excluded_holdout": dict(Counter(r for _, r, _ in result.holdout.excluded)) if result.holdout else None,
         "n_excluded": int(sum(reasons.values())),
         "model": ws.model_id,
-        "inputs": {"synthetic": syn.source.spec, "real": ref.source.spec, "store": str(ws.store.root),
+        "inputs": {"synthetic": syn.source.spec, "real": ref.source.spec,
+                   "holdout": hold.source.spec if hold else None, "store": str(ws.store.root),
                    "faces": ws.faces},
         "embedding": {"synthetic": vars(syn.stats) | {"reasons": dict(syn.stats.reasons)},
                       "real": vars(ref.stats) | {"reasons": dict(ref.stats.reasons)}},

@@ -21,7 +21,7 @@ import numpy as np
 from idleak.analyses.gate import GateDecision, GateOptions, calibrate_gate, gate_faces
 from idleak.analyses.lookup import DatasetLookup, LookupOptions, check_person, lookup_dataset, statement
 from idleak.api import ProgressFactory, Workspace, read_exclusions, versions
-from idleak.calibrate import Threshold
+from idleak.decide import METHOD_TEXT, GalleryDecider
 from idleak.errors import IdleakError
 from idleak.generators import load_callable, to_uint8_rgb
 from idleak.outputs import write_excluded, write_json, write_summary_and_report, write_table
@@ -30,12 +30,6 @@ from idleak.sources import Record, Source, open_source
 MODES = ("list", "copy", "link")
 #: File that marks a folder idleak made (and may therefore delete and rebuild).
 MARKER = ".idleak-made"
-METHOD_TEXT = {
-    "leave_one_identity_out": "leave-one-identity-out null on the labelled faces",
-    "shipped_fmr": "false-match rate of the model measured on labelled public data, adjusted to gallery size",
-    "manual": "threshold given by the user",
-    "none": "no faces to compare with",
-}
 ACCEPTED_COLUMNS = ["path", "similarity", "real_path", "real_identity"]
 REJECTED_COLUMNS = ["path", "reason", "real_path", "real_identity", "similarity", "detail"]
 SAMPLE_COLUMNS = ["seed", "index", "batch_n"]
@@ -48,7 +42,7 @@ MATCH_COLUMNS = ["dataset", "dataset_path", "dataset_identity", "person_path", "
 class GateRun:
     """What ``gate`` decided and wrote."""
 
-    threshold: Threshold
+    threshold: GalleryDecider
     decision: GateDecision
     summary: dict = field(default_factory=dict)
 
@@ -116,7 +110,7 @@ def gate(real: str | os.PathLike[str], out: str | os.PathLike[str], synthetic: s
     _write_decision(out, decision, samples)
     nearest = np.array([r["similarity"] for r in decision.accepted + decision.rejected
                         if r["similarity"] is not None], np.float32)
-    np.savez_compressed(out / "scores.npz", nearest=nearest, null=np.asarray(threshold.null, np.float32))
+    np.savez_compressed(out / "scores.npz", nearest=nearest, null=np.asarray(threshold.null.values, np.float32))
     released = _release(out, decision, mode, syn_source, Path(synthetic) if synthetic is not None else None)
     reasons = write_excluded(out / "excluded.csv", ref.faces.excluded)
     summary = _gate_summary(decision, threshold, options, ws, ref, real_source, syn_source, n_input, mode,
@@ -133,7 +127,7 @@ def gate(real: str | os.PathLike[str], out: str | os.PathLike[str], synthetic: s
 
 
 def _sample_until(sampler: Sampler, n: int, max_draws: int, seed: int, sample_batch: int, ws: Workspace,
-                  real, threshold: Threshold, options: GateOptions, out: Path, aligned: bool,
+                  real, threshold: GalleryDecider, options: GateOptions, out: Path, aligned: bool,
                   exclusions: dict[str, str], progress: ProgressFactory | None,
                   spec: str) -> tuple[GateDecision, dict[str, dict], dict]:
     """Call ``sampler(batch, seed)`` with seeds seed, seed+1, ... until ``n`` samples are accepted.
@@ -276,7 +270,7 @@ def _release(out: Path, decision: GateDecision, mode: str, syn_source: Source | 
     return {"mode": mode, "folder": str(target), "n_files": len(done)}
 
 
-def _gate_summary(decision: GateDecision, threshold: Threshold, options: GateOptions, ws: Workspace, ref,
+def _gate_summary(decision: GateDecision, threshold: GalleryDecider, options: GateOptions, ws: Workspace, ref,
                   real_source: Source, syn_source: Source | None, n_input: int, mode: str, released: dict,
                   reasons: dict[str, int], generation: dict | None) -> dict:
     n_images = decision.n_images
@@ -305,8 +299,12 @@ def _gate_summary(decision: GateDecision, threshold: Threshold, options: GateOpt
         "threshold": threshold.value,
         "alpha": options.alpha,
         "method": threshold.method,
-        "method_text": METHOD_TEXT.get(threshold.method, threshold.method),
+        "method_text": METHOD_TEXT[threshold.method],
+        "score": threshold.null.score,
         "threshold_details": threshold.details,
+        "limits": (f"Each synthetic face of a stranger is rejected with probability at most "
+                   f"{max(options.alpha, threshold.null.resolution()):.3g} ({METHOD_TEXT[threshold.method]})."
+                   if threshold.method != "manual" else "A threshold given by hand has no stated error rate."),
         "n_real_faces": len(ref.faces),
         "n_real_images": len(real_source.records),
         "mode": mode,
@@ -418,9 +416,12 @@ def _dataset_summary(result: DatasetLookup, source: Source, prepared) -> dict:
     return {
         "name": result.name, "spec": source.spec, "n_images": len(source.records), "n_faces": result.n_faces,
         "n_excluded": len(prepared.faces.excluded), "found": result.found, "n_matches": len(result.matches),
-        "matched_identities": ids, "threshold": result.threshold.value, "method": result.threshold.method,
-        "method_text": METHOD_TEXT.get(result.threshold.method, result.threshold.method),
-        "alpha_per_photo": result.alpha_per_photo, "threshold_details": result.threshold.details,
+        "matched_identities": ids, "decided": result.found or result.decidable,
+        "threshold": result.threshold.value if result.threshold else None,
+        "method": result.threshold.method if result.threshold else "none",
+        "method_text": METHOD_TEXT[result.threshold.method] if result.threshold else "no faces to compare with",
+        "alpha_per_photo": result.alpha_per_photo,
+        "threshold_details": result.threshold.details if result.threshold else {},
         "closest": result.closest,
     }
 

@@ -1,4 +1,9 @@
-"""Leakage audit: which synthetic faces are real training identities, and is that more than chance."""
+"""Leakage audit: which synthetic faces are real training identities, and is that more than chance.
+
+A pure function on face sets: duplicates and identical files are set apart, children optionally
+excluded, every synthetic face searched among the real ones, and the decision taken by
+:mod:`idleak.decide` (null, statistic, per-face and per-identity tests).
+"""
 
 from __future__ import annotations
 
@@ -8,137 +13,270 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from idleak.calibrate import Threshold, binomial_p_value, find_hubs, fmr_threshold, loio_threshold
+from idleak.decide import (
+    Decision,
+    DecisionOptions,
+    Null,
+    build_null,
+    choose_method,
+    choose_score,
+    decide_queries,
+    decision_summary,
+    group_ids,
+)
+from idleak.decide import stats as dstats
+from idleak.decide.hubs import find_hubs
+from idleak.decide.scores import neighbours_needed
 from idleak.embedding import FaceSet
 from idleak.errors import IdleakError
-from idleak.search import ProgressFn, global_top_pairs, topk
+from idleak.search import ProgressFn, TopK, global_top_pairs, topk
 
 ProgressFactory = Callable[[str], ProgressFn]
 
-#: Below this share of labelled REAL faces (or with fewer than 2 identities) LOIO is not used.
-MIN_LABELLED_FRACTION = 0.5
-
 
 @dataclass
-class ThresholdOptions:
-    """How the calibrated threshold is set; shared by the audit, the gate and the lookup."""
-
-    alpha: float = 0.01
-    method: str = "auto"  # auto | loio | fmr | manual
-    fmr: float | None = None
-    threshold: float | None = None
-    block_size: int = 65_536
-    null_queries: int | None = 50_000  # LOIO null from at most this many real faces (random sample)
-
-
-@dataclass
-class AuditOptions(ThresholdOptions):
-    """Settings of the audit's decision; defaults are the CLI's."""
+class AuditOptions(DecisionOptions):
+    """Settings of the audit; defaults are the CLI's."""
 
     top_k: int = 5
-    exclude_hubs: bool = False
     top_pairs: int = 50
+    exclude_children: bool = False
+
+    def validate(self) -> None:
+        super().validate()
+        if self.top_k < 1:
+            raise IdleakError(f"--top-k must be at least 1, got {self.top_k}")
+        if self.top_pairs < 0:
+            raise IdleakError(f"--top-pairs must be 0 or more, got {self.top_pairs}")
 
 
 @dataclass
 class AuditResult:
     """Everything the report and outputs need."""
 
-    threshold: Threshold
+    decision: Decision
     synthetic: FaceSet
     real: FaceSet
-    scores: np.ndarray  # (n_syn, k)
+    scores: np.ndarray  # (n_syn, k) similarities, best first
     indices: np.ndarray  # (n_syn, k) rows into ``real``
-    leak: np.ndarray  # (n_syn,) bool, rank-1 score > threshold
-    p_value: float
     hubs: list[dict] = field(default_factory=list)
     top_pairs: list[tuple[int, int, float]] = field(default_factory=list)
     counts: dict = field(default_factory=dict)
+    identical_files: list[dict] = field(default_factory=list)
+    dcr: dict | None = None
+    holdout: FaceSet | None = None
     summary: dict = field(default_factory=dict)
+
+    @property
+    def leak(self) -> np.ndarray:
+        return self.decision.flagged
 
     @property
     def nearest(self) -> np.ndarray:
         return self.scores[:, 0] if self.scores.size else np.zeros(0, np.float32)
 
-
-def choose_method(real: FaceSet, options: ThresholdOptions) -> str:
-    if options.method != "auto":
-        return options.method
-    if options.threshold is not None:
-        return "manual"
-    labelled = real.labelled
-    n_ids = len({i for i in real.identities[labelled]})
-    if len(real) and labelled.mean() >= MIN_LABELLED_FRACTION and n_ids >= 2:
-        return "loio"
-    return "fmr"
+    @property
+    def threshold(self) -> Null:
+        return self.decision.null
 
 
-def calibrate(real: FaceSet, model_id: str, options: ThresholdOptions,
-              progress: ProgressFactory | None = None) -> Threshold:
-    """The threshold for this gallery under the chosen method (``progress`` shows the null's search)."""
-    method = choose_method(real, options)
-    if method == "manual":
-        if options.threshold is None:
-            raise IdleakError("--method manual needs --threshold")
-        return Threshold(float(options.threshold), "manual", options.alpha)
-    if method == "loio":
-        n_ids = len({i for i in real.identities if i is not None})
-        if n_ids < 2:
-            raise IdleakError("leave-one-identity-out needs REAL with at least 2 labelled identities")
-        return loio_threshold(real.vectors, real.identities, options.alpha, max_queries=options.null_queries,
-                              block_size=options.block_size, progress=progress("calibrating") if progress else None)
-    if method == "fmr":
-        return fmr_threshold(model_id, options.alpha, len(real), options.fmr)
-    raise IdleakError(f"unknown method {method!r}: use auto, loio, fmr or manual")
+def drop_duplicates(faces: FaceSet, side: str) -> FaceSet:
+    """Keep one face per (file content, face box): the same file twice (even under two labels) counts once."""
+    if len(faces) == 0:
+        return faces
+    keys = [f"{h}|{b[0]:.1f},{b[1]:.1f}" for h, b in zip(faces.hashes, np.nan_to_num(faces.boxes))]
+    seen: dict[str, int] = {}
+    keep = np.ones(len(faces), bool)
+    dropped = []
+    for i, key in enumerate(keys):
+        if key in seen:
+            keep[i] = False
+            first = seen[key]
+            dropped.append((str(faces.paths[i]), "duplicate", f"same file as {faces.paths[first]} in {side}"))
+        else:
+            seen[key] = i
+    if keep.all():
+        return faces
+    out = faces.subset(keep)
+    out.excluded = faces.excluded + dropped
+    return out
+
+
+def split_identical(synthetic: FaceSet, real: FaceSet) -> tuple[FaceSet, list[dict]]:
+    """Synthetic faces whose file is byte-identical to a REAL file: reported apart, not tested."""
+    real_hash = {}
+    for j, h in enumerate(real.hashes):
+        real_hash.setdefault(str(h), j)
+    same = np.array([str(h) in real_hash for h in synthetic.hashes], bool)
+    if not same.any():
+        return synthetic, []
+    pairs = []
+    for i in np.flatnonzero(same):
+        j = real_hash[str(synthetic.hashes[i])]
+        pairs.append({"synthetic_path": str(synthetic.paths[i]), "real_path": str(real.paths[j]),
+                      "real_identity": real.identities[j]})
+    kept = synthetic.subset(~same)
+    kept.excluded = synthetic.excluded + [(p["synthetic_path"], "identical_file", f"same file as {p['real_path']}")
+                                          for p in pairs]
+    return kept, pairs
+
+
+def exclude_children(faces: FaceSet, model_id: str) -> FaceSet:
+    """Drop faces whose apparent age (estimated from the embedding) is a child's."""
+    from idleak.age import is_child
+
+    if len(faces) == 0:
+        return faces
+    child = is_child(faces.vectors, model_id)
+    if not child.any():
+        return faces
+    out = faces.subset(~child)
+    out.excluded = faces.excluded + [(str(p), "child", "apparent age from the face embedding")
+                                     for p in faces.paths[child]]
+    return out
 
 
 def run_audit(synthetic: FaceSet, real: FaceSet, model_id: str, options: AuditOptions | None = None,
-              progress: ProgressFactory | None = None) -> AuditResult:
-    """Search each synthetic face among the real ones, calibrate, flag, and test against chance."""
+              progress: ProgressFactory | None = None, holdout: FaceSet | None = None) -> AuditResult:
+    """Search each synthetic face among the real ones, decide at the stated error rate, count identities."""
     options = options or AuditOptions()
+    options.validate()
+    synthetic = drop_duplicates(synthetic, "SYN")
+    real = drop_duplicates(real, "REAL")
+    if holdout is not None:
+        holdout = drop_duplicates(holdout, "HOLDOUT")
+        check_holdout(real, holdout)
+    if options.exclude_children:
+        synthetic, real = exclude_children(synthetic, model_id), exclude_children(real, model_id)
+        holdout = exclude_children(holdout, model_id) if holdout is not None else None
+    synthetic, identical = split_identical(synthetic, real)
     if len(real) == 0:
-        raise IdleakError("REAL has no usable faces (see excluded.csv)")
-    if len(synthetic) == 0:
-        raise IdleakError("SYN has no usable faces (see excluded.csv)")
-    k = min(options.top_k, len(real))
+        raise IdleakError("REAL has no usable faces" + _see(real))
+    if len(synthetic) == 0 and not identical:
+        raise IdleakError("SYN has no usable faces" + _see(synthetic))
+    method = choose_method(real.identities, options, holdout is not None)
+    score = choose_score(method, options, len(real))
+    k = min(len(real), max(options.top_k, neighbours_needed(score, options.cohort)))
     result = topk(synthetic.vectors, real.vectors, k, block_size=options.block_size,
                   progress=progress("searching") if progress else None)
-    hub_rows = find_hubs(result.indices[:, 0], len(real), options.alpha)
-    hubs = [
-        {"real_path": str(real.paths[row]), "real_identity": real.identities[row], "count": count, "p_value": p}
-        for row, count, p in hub_rows
-    ]
-    if options.exclude_hubs and hub_rows:
-        keep = np.ones(len(real), bool)
-        keep[[row for row, _, _ in hub_rows]] = False
-        real = real.subset(keep)
-        real.excluded = real.excluded + [(h["real_path"], "hub", f"nearest neighbour of {h['count']} synthetic faces")
-                                         for h in hubs]
-        k = min(options.top_k, len(real))
-        result = topk(synthetic.vectors, real.vectors, k, block_size=options.block_size)
-    threshold = calibrate(real, model_id, options, progress)
-    nearest = result.scores[:, 0]
-    leak = nearest > threshold.value
-    n_flagged = int(leak.sum())
-    p_value = binomial_p_value(n_flagged, len(synthetic), options.alpha)
-    pairs = global_top_pairs(synthetic.vectors, real.vectors, options.top_pairs, result=result,
-                             block_size=options.block_size)
-    counts = identity_counts(synthetic, real, result.indices[:, 0], leak)
-    return AuditResult(threshold, synthetic, real, result.scores, result.indices, leak, p_value, hubs, pairs, counts)
+    null = build_null(real.vectors, real.identities, model_id, options, method, score, queries=synthetic.vectors,
+                      holdout=None if holdout is None else holdout.vectors,
+                      holdout_identities=None if holdout is None else holdout.identities,
+                      progress=progress("calibrating") if progress and method in ("loio", "holdout") else None)
+    decision = decide_queries(synthetic.vectors, synthetic.identities, result, null, real.identities, options)
+    top_k = min(options.top_k, k)
+    scores, indices = result.scores[:, :top_k], result.indices[:, :top_k]
+    hubs = find_hubs(indices[:, 0] if len(indices) else np.zeros(0, np.int64), decision.clusters, null,
+                     len(real), options.alpha)
+    hub_rows = [{"real_path": str(real.paths[h.row]), "real_identity": real.identities[h.row],
+                 "synthetic_clusters": h.count, "expected": h.expected, "p_value": h.p_value,
+                 "baseline": h.baseline} for h in hubs]
+    pairs = global_top_pairs(synthetic.vectors, real.vectors, options.top_pairs, result=TopK(scores, indices),
+                             block_size=options.block_size) if options.top_pairs and len(synthetic) else []
+    dcr = holdout_comparison(synthetic, real, holdout, result, decision, options) if holdout is not None else None
+    out = AuditResult(decision, synthetic, real, scores, indices, hub_rows, pairs, {}, identical, dcr, holdout)
+    out.counts = identity_counts(out)
+    return out
 
 
-def identity_counts(synthetic: FaceSet, real: FaceSet, nearest: np.ndarray, leak: np.ndarray) -> dict:
-    """Identity-level counts: distinct real identities matched, distinct synthetic identities leaking."""
-    flagged = np.flatnonzero(leak)
-    matched = [real.identities[nearest[i]] for i in flagged]
-    real_ids = Counter(m if m is not None else f"(unlabelled) {real.paths[nearest[i]]}"
-                       for i, m in zip(flagged, matched))
-    syn_labelled = any(i is not None for i in synthetic.identities)
-    syn_ids = {synthetic.identities[i] for i in flagged if synthetic.identities[i] is not None}
+def check_holdout(real: FaceSet, holdout: FaceSet) -> None:
+    """A holdout must not share files or identities with REAL (else it is not a control)."""
+    shared_files = set(map(str, real.hashes)) & set(map(str, holdout.hashes))
+    if shared_files:
+        h = next(iter(shared_files))
+        path = holdout.paths[list(map(str, holdout.hashes)).index(h)]
+        raise IdleakError(f"--holdout shares {len(shared_files)} file(s) with REAL (e.g. {path}): "
+                          "a holdout must hold people who were not in the training set")
+    real_ids = {i for i in real.identities if i is not None}
+    shared_ids = sorted(real_ids & {i for i in holdout.identities if i is not None})
+    if shared_ids:
+        raise IdleakError(f"--holdout shares {len(shared_ids)} identit{'y' if len(shared_ids) == 1 else 'ies'} "
+                          f"with REAL (e.g. {shared_ids[0]!r}): a holdout must hold other people")
+
+
+def holdout_comparison(synthetic: FaceSet, real: FaceSet, holdout: FaceSet, result: TopK, decision: Decision,
+                       options: AuditOptions) -> dict:
+    """Distance to closest record, training vs holdout (size-matched): how often a synthetic face is
+    closer to the training people than to the non-members, and a cluster sign-flip test of it."""
+    rng = np.random.default_rng(options.seed)
+    n = min(len(real), len(holdout))
+    real_rows = np.sort(rng.choice(len(real), n, replace=False)) if len(real) > n else np.arange(len(real))
+    hold_rows = np.sort(rng.choice(len(holdout), n, replace=False)) if len(holdout) > n else np.arange(len(holdout))
+    to_real = topk(synthetic.vectors, real.vectors[real_rows], 1, block_size=options.block_size).scores[:, 0]
+    to_hold = topk(synthetic.vectors, holdout.vectors[hold_rows], 1, block_size=options.block_size).scores[:, 0]
+    closer = np.sign(to_real - to_hold) / 2.0
+    share = float(np.mean(to_real > to_hold)) if len(closer) else float("nan")
+    p = dstats.sign_flip_test(closer, decision.clusters, seed=options.seed)
+    return {"gallery_size_each": int(n), "share_closer_to_training": share, "expected_share": 0.5,
+            "p_value": p, "test": "cluster sign-flip (synthetic identities as units)",
+            "mean_similarity_training": float(np.mean(to_real)) if len(to_real) else None,
+            "mean_similarity_holdout": float(np.mean(to_hold)) if len(to_hold) else None}
+
+
+def identity_counts(result: AuditResult) -> dict:
+    """Sample- and identity-level counts: flagged faces, synthetic identities/clusters, matched real people."""
+    syn, real, decision = result.synthetic, result.real, result.decision
+    flagged = np.flatnonzero(decision.flagged)
+    nearest = result.indices[:, 0] if result.indices.size else np.zeros(0, np.int64)
+    matched = Counter(real.identities[nearest[i]] for i in flagged if real.identities[nearest[i]] is not None)
+    unlabelled_matched = {int(nearest[i]) for i in flagged if real.identities[nearest[i]] is None}
+    syn_groups = group_ids(syn.identities)
     return {
-        "n_leaked_real_identities": len(real_ids),
-        "leaked_real_identities": dict(real_ids.most_common()),
+        "n_flagged_faces": int(len(flagged)),
+        "n_leaked_real_identities": len(matched),
+        "leaked_real_identities": dict(matched.most_common()),
+        "n_unlabelled_real_faces_matched": len(unlabelled_matched),
         "n_real_identities": len({i for i in real.identities if i is not None}),
-        "n_leaking_synthetic_identities": len(syn_ids) if syn_labelled else None,
-        "n_synthetic_identities": len({i for i in synthetic.identities if i is not None}) if syn_labelled else None,
+        "n_synthetic_identities": int(len(np.unique(syn_groups[syn_groups >= 0]))) if (syn_groups >= 0).any() else None,
+        "n_leaking_synthetic_identities": len({syn.identities[i] for i in flagged if syn.identities[i] is not None})
+        if (syn_groups >= 0).any() else None,
+        "n_identical_files": len(result.identical_files),
     }
+
+
+def _see(faces: FaceSet) -> str:
+    if not faces.excluded:
+        return ""
+    reasons = Counter(reason for _, reason, _ in faces.excluded)
+    return f" ({len(faces.excluded)} excluded: " + ", ".join(f"{r} {c}" for r, c in reasons.most_common()) + ")"
+
+
+def audit_fields(result: AuditResult) -> dict:
+    """The audit's findings for summary.json: the decision, counts, identical files, hubs, holdout comparison."""
+    decision = result.decision
+    fields = decision_summary(decision)
+    n_syn = len(result.synthetic)
+    unit = {"identity": "synthetic identities", "cluster": "clusters of near-identical synthetic faces",
+            "identity+cluster": "synthetic identities/clusters"}[decision.cluster_test["level"]]
+    ct, ft = decision.cluster_test, decision.face_test
+    if decision.verdict == "not_tested":
+        text = (f"{ft['n_flagged']} of {n_syn} synthetic faces are above the threshold given by hand; "
+                "no error rate is stated and nothing is tested.")
+    else:
+        text = (f"{ct['n_flagged']} of {ct['n']} {unit} ({ft['n_flagged']} of {n_syn} faces) match a real face "
+                f"beyond the {decision.method.replace('_', '-')} null, {ct['expected_by_chance']:.1f} expected by "
+                f"chance (p = {ct['p_value']:.3g})")
+        text += {"leak": "; the synthetic set contains real identities.",
+                 "no_evidence_of_leak": "; no evidence of leakage beyond chance.",
+                 "too_few_to_decide": "; too few faces or null values to decide at this error rate."}[decision.verdict]
+    if result.identical_files:
+        text += (f" {len(result.identical_files)} synthetic file(s) are byte-identical to REAL files "
+                 "(listed apart as identical files).")
+    verdict = decision.verdict
+    if result.identical_files and verdict != "leak":
+        verdict = "leak"
+    fields.update({
+        "verdict": verdict,
+        "statistical_verdict": decision.verdict,
+        "verdict_text": text,
+        "n_synthetic_faces": n_syn,
+        "n_real_faces": len(result.real),
+        "n_flagged": ft["n_flagged"],
+        "expected_by_chance": ft.get("expected_by_chance"),
+        **result.counts,
+        "identical_files": result.identical_files,
+        "top_k": int(result.indices.shape[1]) if result.indices.ndim == 2 else 0,
+        "hubs": result.hubs,
+        "holdout": result.dcr,
+    })
+    return fields

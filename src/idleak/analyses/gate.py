@@ -12,19 +12,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from idleak.analyses.audit import ThresholdOptions, calibrate
-from idleak.calibrate import Threshold
+from idleak.decide import DecisionOptions, GalleryDecider
 from idleak.embedding import FaceSet
 from idleak.errors import IdleakError
-from idleak.search import topk
 
 #: Reason of an image whose face matches a real face above the threshold.
 LEAK = "leak"
 
 
 @dataclass
-class GateOptions(ThresholdOptions):
-    """How the threshold is set: the audit's settings."""
+class GateOptions(DecisionOptions):
+    """How faces are decided: the audit's settings (``--method holdout`` is the audit's alone)."""
 
 
 @dataclass
@@ -54,22 +52,20 @@ class GateDecision:
 class GateResult:
     """The threshold used and the decision on every synthetic image."""
 
-    threshold: Threshold
+    threshold: GalleryDecider
     decision: GateDecision
     real: FaceSet
 
 
-def calibrate_gate(real: FaceSet, model_id: str, options: GateOptions) -> Threshold:
-    """The audit's calibrated threshold for gallery ``real`` (LOIO when labelled, else shipped FMR)."""
-    if not 0 < options.alpha < 1:
-        raise IdleakError(f"--alpha must be between 0 and 1, got {options.alpha}")
+def calibrate_gate(real: FaceSet, model_id: str, options: GateOptions) -> GalleryDecider:
+    """The audit's decision for gallery ``real`` (LOIO when labelled, else shipped), built once."""
     if len(real) == 0:
-        raise IdleakError("REAL has no usable faces (see excluded.csv)")
-    return calibrate(real, model_id, options)
+        raise IdleakError("REAL has no usable faces")
+    return GalleryDecider.build(real.vectors, real.identities, model_id, options)
 
 
-def gate_faces(synthetic: FaceSet, real: FaceSet, threshold: Threshold, block_size: int = 65_536) -> GateDecision:
-    """Decide every synthetic image: rejected if any face's nearest real face is above ``threshold``.
+def gate_faces(synthetic: FaceSet, real: FaceSet, threshold: GalleryDecider, block_size: int = 65_536) -> GateDecision:
+    """Decide every synthetic image: rejected if any face is flagged by the audit's test at alpha.
 
     Images listed in ``synthetic.excluded`` (no face, unreadable, excluded by the user) are rejected
     with that reason, as they could not be checked.
@@ -78,27 +74,28 @@ def gate_faces(synthetic: FaceSet, real: FaceSet, threshold: Threshold, block_si
     best: dict[str, dict] = {}
     order: list[str] = []
     if len(synthetic) and len(real):
-        found = topk(synthetic.vectors, real.vectors, 1, block_size=block_size)
+        found, values, p_values, flagged = threshold.decide(synthetic.vectors)
         for q in range(len(synthetic)):
             path = str(synthetic.paths[q])
             j, score = int(found.indices[q, 0]), float(found.scores[q, 0])
             row = {"path": path, "similarity": score, "real_path": str(real.paths[j]),
                    "real_identity": real.identities[j], "box": _box(synthetic.boxes[q]),
-                   "real_box": _box(real.boxes[j])}
+                   "real_box": _box(real.boxes[j]), "p_value": float(p_values[q]), "flagged": bool(flagged[q])}
             if path not in best:
                 order.append(path)
                 best[path] = row
-            elif score > best[path]["similarity"]:  # several faces in one image: the closest decides
-                best[path] = row
+            elif (row["flagged"], score) > (best[path]["flagged"], best[path]["similarity"]):
+                best[path] = row  # several faces in one image: a flagged face decides, else the closest
     for path in order:
-        row = best[path]
-        if row["similarity"] > threshold.value:
+        row = best.pop(path)
+        if row.pop("flagged"):
             decision.rejected.append({**row, "reason": LEAK, "detail": ""})
         else:
             decision.accepted.append(row)
     for path, reason, detail in synthetic.excluded:
         decision.rejected.append({"path": str(path), "reason": reason, "detail": detail, "similarity": None,
-                                  "real_path": None, "real_identity": None, "box": None, "real_box": None})
+                                  "real_path": None, "real_identity": None, "box": None, "real_box": None,
+                                  "p_value": None})
     return decision
 
 

@@ -10,7 +10,7 @@ Plain numpy on arrays and face vectors (no torch):
   a gallery of OTHER photos of the private identities (a gallery row made from the same file as the
   query is never returned). ``top1`` = the nearest gallery face is the right person;
   ``over_threshold`` = top-1 right AND its similarity above the audit's calibrated threshold
-  (leave-one-identity-out on that gallery, ``idleak.calibrate.loio_threshold``), i.e. a match the
+  (leave-one-identity-out on that gallery, ``idleak.decide.loio_threshold``), i.e. a match the
   audit would also flag. Chance for top-1 is about 1 / number of gallery identities; the binomial
   p-value tests "more right than chance".
 """
@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from idleak.calibrate import Threshold, binomial_p_value, group_ids, loio_threshold
+from idleak.decide import Threshold, group_ids, loio_threshold
+from idleak.decide.stats import count_p_value_exact_rate
 from idleak.embedding import FaceSet
 from idleak.errors import IdleakError
 from idleak.search import topk
@@ -98,7 +99,7 @@ class Reidentification:
     @property
     def p_value(self) -> float:
         """One-sided binomial p-value of this many right top-1 matches under guessing."""
-        return binomial_p_value(int(np.sum(self.correct)), len(self.correct), self.chance)
+        return count_p_value_exact_rate(int(np.sum(self.correct)), len(self.correct), self.chance)
 
 
 def reidentify(vectors: np.ndarray, identities: Sequence[str | None], gallery: ReidGallery,

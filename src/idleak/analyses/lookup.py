@@ -14,15 +14,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from idleak.analyses.audit import ThresholdOptions, calibrate
-from idleak.calibrate import Threshold
+from idleak.decide import DecisionOptions, GalleryDecider
 from idleak.embedding import FaceSet
 from idleak.errors import IdleakError
 from idleak.search import topk
 
 
 @dataclass
-class LookupOptions(ThresholdOptions):
+class LookupOptions(DecisionOptions):
     """Settings of the decision (the audit's); alpha is split over the person's photos."""
 
 
@@ -31,7 +30,7 @@ class DatasetLookup:
     """The person searched in one dataset."""
 
     name: str
-    threshold: Threshold
+    threshold: GalleryDecider | None
     alpha_per_photo: float
     n_faces: int
     matches: list[dict] = field(default_factory=list)  # most similar first
@@ -40,6 +39,11 @@ class DatasetLookup:
     @property
     def found(self) -> bool:
         return bool(self.matches)
+
+    @property
+    def decidable(self) -> bool:
+        """False when the dataset's null cannot resolve alpha / P: no match could ever be found."""
+        return self.threshold is not None and self.threshold.resolvable
 
 
 def check_person(person: FaceSet) -> None:
@@ -56,13 +60,14 @@ def lookup_dataset(person: FaceSet, dataset: FaceSet, model_id: str, name: str,
                    options: LookupOptions | None = None) -> DatasetLookup:
     """Search the person's faces in ``dataset`` and keep the dataset faces above its calibrated threshold."""
     options = options or LookupOptions()
-    if not 0 < options.alpha < 1:
-        raise IdleakError(f"--alpha must be between 0 and 1, got {options.alpha}")
+    options.validate()
     check_person(person)
     alpha_per_photo = options.alpha / len(person)
     if len(dataset) == 0:
-        return DatasetLookup(name, Threshold(float("nan"), "none", options.alpha), alpha_per_photo, 0)
-    threshold = calibrate(dataset, model_id, dataclasses.replace(options, alpha=alpha_per_photo))
+        return DatasetLookup(name, None, alpha_per_photo, 0)
+    # raw similarity, so that every dataset face above the threshold can be listed as a match
+    threshold = GalleryDecider.build(dataset.vectors, dataset.identities, model_id,
+                                     dataclasses.replace(options, score="raw"), level=alpha_per_photo, score="raw")
     found = topk(dataset.vectors, person.vectors, 1, block_size=options.block_size)
     scores, best = found.scores[:, 0], found.indices[:, 0]
     rows = []
@@ -82,8 +87,12 @@ def statement(results: list[DatasetLookup], alpha: float, n_person_faces: int, n
     """Plain-language summary: what was found, what a match proves and what no match does not prove."""
     found = [r for r in results if r.found]
     lines = []
+    undecided = [r for r in results if not r.found and not r.decidable and r.n_faces]
     for r in results:
-        if r.found:
+        if not r.found and not r.decidable and r.n_faces:
+            lines.append(f"{r.name}: too few labelled faces to decide at this error rate ({r.n_faces} faces); "
+                         "no match could be found, which proves nothing.")
+        elif r.found:
             ids = sorted({str(m["dataset_identity"]) for m in r.matches if m["dataset_identity"] is not None})
             who = f" (labelled {', '.join(ids[:5])}{' ...' if len(ids) > 5 else ''})" if ids else ""
             lines.append(f"{r.name}: {len(r.matches)} of {r.n_faces} faces match this person{who}.")
@@ -91,6 +100,9 @@ def statement(results: list[DatasetLookup], alpha: float, n_person_faces: int, n
             lines.append(f"{r.name}: no match among {r.n_faces} faces.")
     if found:
         headline = f"Faces matching this person were found in {len(found)} of {len(results)} dataset(s)."
+    elif undecided:
+        headline = (f"Too few to decide in {len(undecided)} of {len(results)} dataset(s): their calibration cannot "
+                    f"resolve the error rate alpha / {n_person_faces}; no match elsewhere.")
     else:
         headline = f"No match for this person in {'the dataset' if len(results) == 1 else 'any of the datasets'}."
     match_means = (
@@ -106,7 +118,8 @@ def statement(results: list[DatasetLookup], alpha: float, n_person_faces: int, n
     )
     if n_person_excluded:
         no_match_means += f" {n_person_excluded} of the person's photos had no usable face and were not used."
-    return {"found": bool(found), "headline": headline, "per_dataset": lines, "match_means": match_means,
+    return {"found": bool(found), "decided": not undecided or bool(found), "headline": headline,
+            "per_dataset": lines, "match_means": match_means,
             "no_match_means": no_match_means}
 
 

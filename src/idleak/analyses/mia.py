@@ -6,7 +6,7 @@ score, the highest similarity of any generated face to any of its photos; member
 
 * Threshold for ``n_over_threshold``: the null comes from the non-members, on the same scale as the
   score: each non-member photo's best similarity to any generated face is what chance gives; the
-  threshold is the (1 - alpha) quantile of those (``quantile_threshold``). A generated face counts
+  threshold is the conformal (1 - alpha) quantile of those (``decide.stats.threshold_at``). A generated face counts
   for the identity of its nearest real photo (members and non-members together) when its similarity
   to that photo is above the threshold, as a flagged face counts for an identity in the audit.
 * Distributions (Tinsley et al., 2021), all nearest-neighbour similarities: real-real genuine (each
@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import stats
 
-from idleak.calibrate import Threshold, group_ids, leave_one_identity_out_null, quantile_threshold
+from idleak.decide import Threshold, group_ids, leave_one_identity_out_null
+from idleak.decide.stats import threshold_at
 from idleak.embedding import FaceSet
 from idleak.errors import IdleakError
 from idleak.metrics import RocResult, d_prime, ks_statistic, roc_metrics
@@ -181,7 +182,7 @@ def aggregate(attack: str, photos: FaceSet, photo_member: np.ndarray, photo_scor
     best_generated = np.where(best_photo >= 0, photo_best[np.maximum(best_photo, 0)], -1)
     n_photos = np.bincount(groups, minlength=n_groups)
     null = photo_score[~photo_member].astype(np.float32)
-    value = quantile_threshold(null, options.alpha)
+    value = threshold_at(null, options.alpha)
     threshold = Threshold(value, "nonmember_null", options.alpha, null,
                           {"null_size": int(len(null)), "null_identities": int((~member).sum()),
                            "null_false_flag_rate": float(np.mean(null > value))})

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from idleak.cli import RichProgress, guard, out, warn_excluded
 
@@ -46,15 +47,17 @@ def register(app: typer.Typer) -> None:
         model: Model = "dlib",
         alpha: Annotated[float, typer.Option(help="False-flag rate for a stranger's face; also the p-value level.")] = 0.01,
         top_k: Annotated[int, typer.Option("--top-k", help="Real neighbours listed per synthetic face.")] = 5,
-        method: Annotated[str, typer.Option(help="Threshold: auto (loio if REAL is labelled, else fmr), loio, fmr, manual.")] = "auto",
-        fmr: Annotated[float | None, typer.Option(help="Per-comparison false-match rate for the fmr method (default: from alpha and gallery size).")] = None,
-        threshold: Annotated[float | None, typer.Option(help="Use this cosine threshold instead of calibrating (method manual).")] = None,
+        holdout: Annotated[Path | None, typer.Option("--holdout", help="Real people who were NOT in the generator's training set (ideally the same population as REAL): the gold-standard control. Folder, manifest, store or embeddings table.")] = None,
+        method: Annotated[str, typer.Option(help="Null: auto (holdout if given, else loio if REAL is labelled, else shipped), loio, holdout, shipped, manual.")] = "auto",
+        score: Annotated[str, typer.Option(help="Statistic: auto (csls, i.e. similarity scaled by the local density of both faces, with an empirical null; raw with the shipped one), csls, raw.")] = "auto",
+        threshold: Annotated[float | None, typer.Option(help="Use this cosine threshold instead of a null (method manual): flags only, no verdict.")] = None,
         exclude: Annotated[Path | None, typer.Option(help="CSV (path,reason) of images to leave out, e.g. child or not_a_face.")] = None,
-        exclude_hubs: Annotated[bool, typer.Option("--exclude-hubs", help="Drop real faces that are the nearest neighbour of unusually many synthetic faces.")] = False,
+        exclude_children: Annotated[bool, typer.Option("--exclude-children", help="Leave out faces whose apparent age (estimated from the embedding) is a child's, on every side.")] = False,
         faces: Annotated[str, typer.Option(help="'largest' face per image, or 'all' faces as separate rows.")] = "largest",
         aligned: Annotated[bool, typer.Option("--aligned", help="Treat every image (both sides) as an aligned face crop: no detection.")] = False,
         aligned_synthetic: Annotated[bool, typer.Option("--aligned-synthetic", help="Only SYN images are aligned crops (DCFace, IDiff-Face ...).")] = False,
         aligned_real: Annotated[bool, typer.Option("--aligned-real", help="Only REAL images are aligned crops.")] = False,
+        aligned_holdout: Annotated[bool, typer.Option("--aligned-holdout", help="Only HOLDOUT images are aligned crops.")] = False,
         fail_on_leak: Annotated[bool, typer.Option("--fail-on-leak", help="Exit with code 1 when the p-value is below alpha.")] = False,
         cache: Cache = None,
         workers: Workers = None,
@@ -73,18 +76,23 @@ def register(app: typer.Typer) -> None:
         from idleak.api import audit
 
         _terminate_as_interrupt()
-        options = AuditOptions(alpha=alpha, top_k=top_k, method=method, fmr=fmr, threshold=threshold,
-                               exclude_hubs=exclude_hubs)
+        options = AuditOptions(alpha=alpha, top_k=top_k, method=method, score=score, threshold=threshold,
+                               exclude_children=exclude_children)
         with RichProgress() as progress:
             result = audit(synthetic, real, out_dir, model=model, cache=cache, options=options, exclude=exclude,
                            faces=faces, aligned_synthetic=aligned or aligned_synthetic,
                            aligned_real=aligned or aligned_real, workers=workers, progress=progress,
+                           holdout=holdout, aligned_holdout=aligned or aligned_holdout,
                            **model_options(input_mean, input_std, bgr, batch_size))
         s = result.summary
         warn_excluded(s["excluded"], out_dir / "excluded.csv")
-        colour = "red" if s["verdict"] == "leak" else "green"
-        out.print(f"[bold {colour}]{'LEAK' if s['verdict'] == 'leak' else 'NO EVIDENCE OF LEAK'}[/]: {s['verdict_text']}")
-        out.print(f"threshold {s['threshold']:.4f} ({s['method']}), {s['n_leaked_real_identities']} real identities matched")
+        colour = {"leak": "red", "no_evidence_of_leak": "green"}.get(s["verdict"], "yellow")
+        out.print(f"[bold {colour}]{s['verdict'].replace('_', ' ').upper()}[/]: {escape(s['verdict_text'])}")
+        matched = f"{s['n_leaked_real_identities']} labelled real identities"
+        if s["n_unlabelled_real_faces_matched"]:
+            matched += f" and {s['n_unlabelled_real_faces_matched']} unlabelled real faces"
+        out.print(f"threshold {s['threshold']:.4f} ({s['method']}, {s['score']} score), {matched} matched")
+        out.print(escape(s["limits"]))
         out.print(f"report: {out_dir / 'report.html'}")
         if fail_on_leak and s["verdict"] == "leak":
             raise typer.Exit(1)

@@ -55,7 +55,8 @@ def write_audit_report(out: str | os.PathLike[str], review: dict | None = None) 
     scores = np.load(out / "scores.npz")
     pairs = read_pairs(out)
     thumbs = ThumbCache()
-    histogram = data_uri(similarity_histogram(scores["nearest"], scores["null"], summary["threshold"]))
+    histogram = data_uri(similarity_histogram(scores["statistic"] if "statistic" in scores else scores["nearest"],
+                                                scores["null"], summary["threshold"]))
 
     def with_thumbs(row: dict) -> dict:
         return {**row, "syn_thumb": thumbs.get(row["synthetic_path"], _box(row.get("synthetic_box"))),

@@ -1,0 +1,233 @@
+"""Does a "leak" verdict hold its stated error rate? Leak-free simulations and real-face scenarios.
+
+Every verdict here goes through idleak's own decision code (``idleak.decide``): the same nulls,
+statistics and tests the audit uses. Three families of cells:
+
+* ``scores``: exchangeable null and synthetic scores (no leak), synthetic identities of ``size`` faces
+  with within-identity correlation ``rho``; null sizes 10^2..10^5, SYN 10^3..10^6. Tests the
+  finite-null and cluster machinery alone.
+* ``vectors``: unit vectors with identity structure and two populations (a spread one and a dense
+  one: mutually similar faces), REAL mixing both and SYN strangers drawn from the dense one only.
+  Tests the statistic (raw vs csls) under population shift.
+* ``faces``: real embeddings of the photos in ../shared/data/faces, split by identity into REAL,
+  SYN strangers and HOLDOUT at random in every repetition; planted leaks (other photos of REAL
+  people) measure recall.
+
+    python bench/calibration_harness.py --size small            # what CI runs (tests/test_decide.py)
+    python bench/calibration_harness.py --size full --out bench/calibration.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from idleak.decide import DecisionOptions, Null, build_null, choose_method, choose_score, decide_queries, judge
+from idleak.decide.scores import neighbours_needed
+from idleak.search import topk
+
+
+@dataclass
+class Cell:
+    family: str
+    name: str
+    alpha: float
+    reps: int
+    false_leaks: int
+    recall: float | None = None
+    seconds: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return self.false_leaks / self.reps
+
+    @property
+    def upper(self) -> float:
+        """Rate that sampling error alone would exceed with probability 2.5% (binomial quantile)."""
+        from scipy import stats
+
+        return float(stats.binom.ppf(0.975, self.reps, self.alpha)) / self.reps
+
+    @property
+    def holds(self) -> bool:
+        return self.rate <= self.upper
+
+
+# -- scores --------------------------------------------------------------------------------------------
+def score_cell(m: int, n_ids: int, size: int, rho: float, alpha: float, reps: int, seed: int = 0) -> Cell:
+    rng = np.random.default_rng(seed)
+    clusters = np.repeat(np.arange(n_ids), size)
+    false = 0
+    start = time.perf_counter()
+    for r in range(reps):
+        null_values = rng.standard_normal(m)
+        shared = rng.standard_normal(n_ids)[clusters]
+        x = np.sqrt(rho) * shared + np.sqrt(1 - rho) * rng.standard_normal(n_ids * size)
+        null = Null("leave_one_identity_out", "raw", m, null_values, null_values)
+        decision = judge(x, null, clusters, "identity", alpha, seed=r)
+        false += decision.verdict == "leak"
+    name = f"null {m:,}, SYN {n_ids * size:,} ({n_ids:,} ids x {size}), rho {rho}"
+    return Cell("scores", name, alpha, reps, false, seconds=time.perf_counter() - start)
+
+
+# -- vectors ---------------------------------------------------------------------------------------------
+def _population(rng: np.random.Generator, n_ids: int, per_id: int, dim: int, spread: float, centre: np.ndarray | None,
+                within: float = 0.35) -> np.ndarray:
+    """Faces of ``n_ids`` people: identity centres around ``centre`` (None: anywhere), faces around them."""
+    base = rng.standard_normal((n_ids, dim))
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    if centre is not None:
+        base = centre[None, :] + spread * base
+        base /= np.linalg.norm(base, axis=1, keepdims=True)
+    faces = np.repeat(base, per_id, axis=0) + within * rng.standard_normal((n_ids * per_id, dim)) / np.sqrt(dim)
+    return (faces / np.linalg.norm(faces, axis=1, keepdims=True)).astype(np.float32)
+
+
+def vector_cell(score: str, alpha: float, reps: int, dim: int = 64, seed: int = 0, leak: bool = False) -> Cell:
+    """REAL: 150 spread people + 50 dense people (x5 photos); SYN: 40 dense strangers (x5)."""
+    rng = np.random.default_rng(seed)
+    false, found, planted = 0, 0, 0
+    options = DecisionOptions(alpha=alpha, score=score, seed=seed)
+    start = time.perf_counter()
+    for r in range(reps):
+        centre = rng.standard_normal(dim)
+        centre /= np.linalg.norm(centre)
+        spread_real = _population(rng, 150, 5, dim, 1.0, None)
+        dense_real = _population(rng, 50, 5, dim, 0.6, centre)
+        real = np.concatenate([spread_real, dense_real])
+        real_ids = np.array([f"r{i // 5}" for i in range(len(real))], dtype=object)
+        syn = _population(rng, 40, 5, dim, 0.6, centre)
+        syn_ids = np.array([f"s{i // 5}" for i in range(len(syn))], dtype=object)
+        if leak:  # 10 synthetic identities are new photos of dense REAL people
+            people = rng.choice(50, 10, replace=False)
+            for j, p in enumerate(people):
+                centre_p = dense_real[p * 5:(p + 1) * 5].mean(0)
+                photos = centre_p + 0.35 * rng.standard_normal((5, dim)) / np.sqrt(dim)
+                syn[j * 5:(j + 1) * 5] = photos / np.linalg.norm(photos, axis=1, keepdims=True)
+        decision = _decide(syn, syn_ids, real, real_ids, options, seed=r)
+        if leak:
+            planted += 10
+            found += int(len(np.unique(decision.clusters[:50][decision.flagged[:50]])))
+        else:
+            false += decision.verdict == "leak"
+    name = f"dense strangers vs mixed REAL, score {score}" + (" (10 leaked ids)" if leak else "")
+    return Cell("vectors", name, alpha, reps, false, found / planted if leak else None, time.perf_counter() - start)
+
+
+def _decide(syn, syn_ids, real, real_ids, options, holdout=None, holdout_ids=None, seed=0):
+    options = replace(options, seed=seed)
+    method = choose_method(real_ids, options, holdout is not None)
+    score = choose_score(method, options, len(real))
+    k = min(len(real), neighbours_needed(score, options.cohort))
+    top = topk(syn, real, k)
+    null = build_null(real, real_ids, "none", options, method, score, queries=syn, holdout=holdout,
+                      holdout_identities=holdout_ids)
+    return decide_queries(syn, syn_ids, top, null, real_ids, options)
+
+
+# -- real faces ------------------------------------------------------------------------------------------
+def face_cell(name: str, vectors: np.ndarray, identities: np.ndarray, alpha: float, reps: int, score: str = "auto",
+              holdout: bool = False, leak_ids: int = 0, min_photos: int = 2, seed: int = 0,
+              strangers: tuple[np.ndarray, np.ndarray] | None = None) -> Cell:
+    """Random identity splits of one population: half REAL, half SYN strangers (or ``strangers`` from
+    another population); with ``holdout`` a third part is the holdout; ``leak_ids`` REAL people give
+    their other photos to SYN (recall)."""
+    rng = np.random.default_rng(seed)
+    ids = np.asarray(identities, dtype=object)
+    people, counts = np.unique(ids, return_counts=True)
+    people = people[counts >= min_photos]
+    options = DecisionOptions(alpha=alpha, score=score)
+    false, found, planted = 0, 0, 0
+    start = time.perf_counter()
+    for r in range(reps):
+        order = rng.permutation(people)
+        parts = np.array_split(order, 3 if holdout else 2)
+        real_people = set(parts[0])
+        real_mask = np.array([i in real_people for i in ids])
+        if leak_ids:
+            leaked = set(list(parts[0])[:leak_ids])
+            rows = {p: np.flatnonzero(ids == p) for p in leaked}
+            give = np.concatenate([rows[p][len(rows[p]) // 2:] for p in leaked])
+            real_mask[give] = False
+        if strangers is not None:
+            pick = rng.choice(len(strangers[0]), min(len(strangers[0]), int(real_mask.sum())), replace=False)
+            syn, syn_ids = strangers[0][pick], strangers[1][pick]
+        else:
+            syn_people = set(parts[1])
+            syn_mask = np.array([i in syn_people for i in ids])
+            syn, syn_ids = vectors[syn_mask], ids[syn_mask]
+        if leak_ids:
+            syn = np.concatenate([syn, vectors[give]])
+            syn_ids = np.concatenate([syn_ids, np.array([f"leak_{i}" for i in ids[give]], dtype=object)])
+        hold = hold_ids = None
+        if holdout:
+            hold_people = set(parts[2])
+            hold_mask = np.array([i in hold_people for i in ids])
+            hold, hold_ids = vectors[hold_mask], ids[hold_mask]
+        decision = _decide(syn, syn_ids, vectors[real_mask], ids[real_mask], options, hold, hold_ids, seed=r)
+        if leak_ids:
+            is_leak = np.array([str(i).startswith("leak_") for i in syn_ids])
+            planted += leak_ids
+            found += len(np.unique(decision.clusters[is_leak & decision.flagged]))
+        else:
+            false += decision.verdict == "leak"
+    what = f"{name}, {'holdout' if holdout else 'loio'} null, score {score}" + (f", {leak_ids} leaked ids" if leak_ids else "")
+    return Cell("faces", what, alpha, reps, false, found / planted if leak_ids else None, time.perf_counter() - start)
+
+
+def load_store(path: str, aligned: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Vectors and identities of the faces in an idleak store (largest face per image)."""
+    from idleak.store import EmbeddingStore
+
+    rows = EmbeddingStore.open(path).rows()
+    ok = np.array([r is None for r in rows.reason]) & (rows.face == 0)
+    return rows.vectors[ok], np.asarray(rows.identity[ok], dtype=object)
+
+
+def table(cells: list[Cell]) -> str:
+    lines = ["| family | cell | alpha | reps | false 'leak' verdicts | rate | within sampling error | recall |",
+             "|---|---|---:|---:|---:|---:|---|---:|"]
+    for c in cells:
+        rate = "" if c.recall is not None else f"{c.rate:.3f}"
+        ok = "" if c.recall is not None else ("yes" if c.holds else f"**no** (> {c.upper:.3f})")
+        recall = f"{c.recall:.2f}" if c.recall is not None else ""
+        false = "" if c.recall is not None else str(c.false_leaks)
+        lines.append(f"| {c.family} | {c.name} | {c.alpha} | {c.reps} | {false} | {rate} | {ok} | {recall} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=("small", "full"), default="small")
+    parser.add_argument("--stores", default=None, help="folder with store-orl, store-lfw, ... (idleak embed outputs)")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    full = args.size == "full"
+    reps = 200 if full else 40
+    cells: list[Cell] = []
+    grid = ([(100, 50, 20), (1000, 50, 20), (1000, 500, 20), (10_000, 5_000, 20), (100_000, 50_000, 20)]
+            if full else [(1000, 50, 20), (1000, 500, 20)])
+    for alpha in (0.01, 0.05):
+        for m, n_ids, size in grid:
+            for rho in (0.0, 0.3, 0.6):
+                cells.append(score_cell(m, n_ids, size, rho, alpha, reps))
+                print(table(cells[-1:]).splitlines()[-1], flush=True)
+        for score in ("raw", "csls"):
+            cells.append(vector_cell(score, alpha, reps))
+            cells.append(vector_cell(score, alpha, max(10, reps // 10), leak=True))
+            for c in cells[-2:]:
+                print(table([c]).splitlines()[-1], flush=True)
+    text = table(cells)
+    if args.out:
+        with open(args.out, "w") as handle:
+            handle.write(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,211 @@
+"""Tests that stay valid with a finite null and with clustered faces.
+
+Everything here is a pure function on arrays of scores; nothing knows about faces or files.
+
+* **Conformal p-values.** With ``m`` null scores exchangeable with a stranger's score,
+  ``p = (1 + #{null >= s}) / (m + 1)`` satisfies ``P(p <= a) <= a`` for every ``a`` exactly, for any
+  finite ``m``. A level ``a`` is *resolvable* only when ``(m + 1) a >= 1``.
+* **Count of flags.** Flagging ``s > t`` with ``t`` the ``j``-th largest null value (``j =
+  floor((m + 1) a)``) gives each stranger the same random flag probability ``F ~ Beta(j, m - j + 1)``;
+  ``n`` independent strangers then give ``K ~ BetaBinomial(n, j, m - j + 1)``, not ``Binomial(n, a)``:
+  the threshold's own sampling error is part of the test.
+* **Clusters.** Faces of one identity are not independent. A cluster of ``n_c`` faces is flagged
+  when its smallest p-value is below ``a / n_c`` (Bonferroni: valid under any dependence inside the
+  cluster); clusters of different people are independent given the null, and the count of flagged
+  clusters is tested against the mixture over the null's order statistics (Monte Carlo on the
+  exact joint law of the top order statistics of ``m`` uniforms).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+
+# -- per-face ---------------------------------------------------------------------------------------
+def conformal_p_values(scores: np.ndarray, null: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
+    """``(1 + #{null >= s}) / (m + 1)`` for each score ``s``.
+
+    With ``groups`` (the identity of each null value) each identity counts once: a value weighs
+    1 / (its identity's number of values) and ``m`` is the number of identities. Faces of one person
+    are not independent, so the null's real sample size is its number of people.
+    """
+    null = np.asarray(null, np.float64)
+    scores = np.asarray(scores, np.float64)
+    if groups is None:
+        ordered = np.sort(null)
+        at_least = len(null) - np.searchsorted(ordered, scores, side="left")
+        return (1.0 + at_least) / (len(null) + 1.0)
+    weights, m = _group_weights(groups)
+    order = np.argsort(null)
+    ordered, tail = null[order], np.cumsum(weights[order][::-1])[::-1]  # tail[i] = weight of values >= ordered[i]
+    first = np.searchsorted(ordered, scores, side="left")
+    at_least = np.where(first < len(ordered), tail[np.minimum(first, len(ordered) - 1)], 0.0)
+    return (1.0 + at_least) / (m + 1.0)
+
+
+def null_size(null: np.ndarray, groups: np.ndarray | None = None) -> int:
+    """The null's sample size: values, or identities when grouped."""
+    return len(null) if groups is None else int(len(np.unique(groups)))
+
+
+def rank_of_level(m: int, level: float) -> int:
+    """``j = floor((m + 1) level)``: flag above the j-th largest of m null values (0: not resolvable)."""
+    return int(np.floor((m + 1) * level + 1e-9))
+
+
+def threshold_at(null: np.ndarray, level: float, groups: np.ndarray | None = None) -> float:
+    """The score above which ``p <= level`` (``+inf`` if no score can reach it)."""
+    null = np.asarray(null, np.float64)
+    if groups is None:
+        j = rank_of_level(len(null), level)
+        return float(np.sort(null)[len(null) - j]) if j >= 1 else float("inf")
+    weights, m = _group_weights(groups)
+    budget = level * (m + 1) - 1.0 + 1e-9  # flag s when the weight of null values >= s is at most this
+    if budget < 0:
+        return float("inf")
+    order = np.argsort(-null, kind="stable")
+    above = np.concatenate([[0.0], np.cumsum(weights[order])])  # weight of the k largest values
+    k = int(np.searchsorted(above, budget, side="right")) - 1  # largest k with weight(k largest) <= budget
+    return float(null[order[k]]) if k < len(null) else float("-inf")
+
+
+def smallest_level(m: int) -> float:
+    """The smallest level a null of ``m`` values (or identities) resolves: 1 / (m + 1)."""
+    return 1.0 / (m + 1)
+
+
+def _group_weights(groups: np.ndarray) -> tuple[np.ndarray, int]:
+    _, inverse, counts = np.unique(np.asarray(groups), return_inverse=True, return_counts=True)
+    return 1.0 / counts[inverse.ravel()], len(counts)
+
+
+# -- counts ---------------------------------------------------------------------------------------
+def count_p_value_finite_null(n_flagged: int, n: int, m: int, level: float) -> float:
+    """P(K >= n_flagged) for K ~ BetaBinomial(n, j, m - j + 1): flags at ``level`` with a null of ``m``."""
+    if n == 0 or n_flagged <= 0:
+        return 1.0
+    j = rank_of_level(m, level)
+    if j < 1:
+        return 1.0
+    return float(stats.betabinom.sf(n_flagged - 1, n, j, m - j + 1))
+
+
+def count_p_value_exact_rate(n_flagged: int, n: int, rate: float) -> float:
+    """P(K >= n_flagged) for K ~ Binomial(n, rate): a per-face false-flag rate known without error."""
+    if n == 0 or n_flagged <= 0:
+        return 1.0
+    return float(stats.binom.sf(n_flagged - 1, n, min(1.0, rate)))
+
+
+@dataclass
+class ClusterTest:
+    """Cluster-level decision: which clusters are flagged and how surprising their number is."""
+
+    flagged: np.ndarray  # (n_clusters,) bool
+    p_value: float
+    expected: float  # expected number of flagged clusters under the null (upper bound)
+    n_unresolvable: int  # clusters so large that a / n_c is below the null's resolution
+
+
+def cluster_test(p_values: np.ndarray, clusters: np.ndarray, level: float, m: int | None,
+                 draws: int = 2000, seed: int = 0) -> ClusterTest:
+    """Flag clusters whose smallest p-value is <= level / size, and test their count.
+
+    ``clusters`` gives each face's cluster id (0..C-1). ``m`` is the size of a finite empirical null
+    (conformal p-values); ``None`` means the p-values are exact (a shipped calibration): each cluster
+    is then flagged with probability at most ``level`` independently.
+    """
+    clusters = np.asarray(clusters, np.int64)
+    n_clusters = int(clusters.max()) + 1 if len(clusters) else 0
+    if n_clusters == 0:
+        return ClusterTest(np.zeros(0, bool), 1.0, 0.0, 0)
+    sizes = np.bincount(clusters, minlength=n_clusters)
+    min_p = np.full(n_clusters, np.inf)
+    np.minimum.at(min_p, clusters, np.asarray(p_values, np.float64))
+    flagged = min_p <= level / sizes
+    k = int(flagged.sum())
+    if m is None:
+        probs = np.minimum(1.0, sizes * (level / sizes))  # = level, Bonferroni bound per cluster
+        expected = float(probs.sum())
+        p = count_p_value_exact_rate(k, n_clusters, level) if k else 1.0
+        return ClusterTest(flagged, p, expected, 0)
+    j = np.array([rank_of_level(m, level / s) for s in sizes])
+    unresolvable = int((j < 1).sum())
+    # groups of clusters sharing (size, j): same flag probability given the null
+    keys, group_of = np.unique(np.stack([sizes, j], 1), axis=0, return_inverse=True)
+    counts = np.bincount(group_of.ravel(), minlength=len(keys))
+    g_size, g_j = keys[:, 0], keys[:, 1]
+    expected = float(sum(c * min(1.0, s * jj / (m + 1)) for c, s, jj in zip(counts, g_size, g_j)))
+    if k == 0:
+        return ClusterTest(flagged, 1.0, expected, unresolvable)
+    f = _top_uniform_tails(m, int(g_j.max()), draws, seed)  # (draws, jmax + 1): F_j
+    probs = np.minimum(1.0, g_size[None, :] * f[:, g_j])  # (draws, groups)
+    probs[:, g_j < 1] = 0.0
+    p = float(np.mean(_sum_of_binomials_sf(k, counts, probs)))
+    return ClusterTest(flagged, min(1.0, p), expected, unresolvable)
+
+
+def _top_uniform_tails(m: int, jmax: int, draws: int, seed: int) -> np.ndarray:
+    """Draws of F_j = P(U > j-th largest of m uniforms), j = 0..jmax, jointly (exponential spacings)."""
+    rng = np.random.default_rng(seed)
+    jmax = max(1, min(jmax, m))
+    spacings = rng.standard_exponential((draws, jmax))
+    rest = rng.gamma(m + 1 - jmax, size=(draws, 1))
+    head = np.cumsum(spacings, axis=1)
+    total = head[:, -1:] + rest
+    return np.concatenate([np.zeros((draws, 1)), head / total], axis=1)
+
+
+def _sum_of_binomials_sf(k: int, counts: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """P(sum_g Binomial(counts[g], probs[d, g]) >= k) for each draw d (exact up to k <= 512)."""
+    draws = probs.shape[0]
+    if k > 512:
+        mean = (counts[None, :] * probs).sum(1)
+        var = (counts[None, :] * probs * (1 - probs)).sum(1)
+        return stats.norm.sf((k - 0.5 - mean) / np.sqrt(np.maximum(var, 1e-12)))
+    pmf = np.zeros((draws, k))
+    pmf[:, 0] = 1.0
+    support = np.arange(k)
+    size = 1 << int(np.ceil(np.log2(2 * k)))
+    for g, n_g in enumerate(counts):
+        comp = stats.binom.pmf(support[None, :], int(n_g), probs[:, g:g + 1])  # (draws, k)
+        # truncated convolution (only P(sum < k) is needed), by FFT
+        pmf = np.fft.irfft(np.fft.rfft(pmf, size, axis=1) * np.fft.rfft(comp, size, axis=1), size, axis=1)[:, :k]
+        pmf = np.clip(pmf, 0.0, 1.0)
+    return np.clip(1.0 - pmf.sum(1), 0.0, 1.0)
+
+
+# -- paired comparison (holdout) --------------------------------------------------------------------
+def sign_flip_test(differences: np.ndarray, clusters: np.ndarray, flips: int = 10_000, seed: int = 0) -> float:
+    """One-sided p that cluster means of ``differences`` are > 0, by random sign flips of whole clusters.
+
+    Valid when, under the null, each cluster's differences are symmetric about 0 (e.g. a synthetic
+    face's similarity to a training gallery vs to an equally large holdout gallery of the same population).
+    """
+    clusters = np.asarray(clusters, np.int64)
+    n_clusters = int(clusters.max()) + 1 if len(clusters) else 0
+    if n_clusters == 0:
+        return 1.0
+    sums = np.bincount(clusters, weights=np.asarray(differences, np.float64), minlength=n_clusters)
+    sizes = np.bincount(clusters, minlength=n_clusters)
+    means = sums / np.maximum(sizes, 1)
+    observed = means.mean()
+    rng = np.random.default_rng(seed)
+    exceed = 0
+    for start in range(0, flips, 1000):
+        signs = rng.choice((-1.0, 1.0), size=(min(1000, flips - start), n_clusters))
+        exceed += int(((signs * means).mean(1) >= observed - 1e-12).sum())
+    return (1 + exceed) / (1 + flips)
+
+
+def proportion_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Clopper-Pearson interval for a proportion k / n."""
+    if n == 0:
+        return (0.0, 1.0)
+    a = 1 - confidence
+    low = 0.0 if k == 0 else float(stats.beta.ppf(a / 2, k, n - k + 1))
+    high = 1.0 if k == n else float(stats.beta.ppf(1 - a / 2, k + 1, n - k))
+    return (low, high)
