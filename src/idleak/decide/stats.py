@@ -148,6 +148,18 @@ def cluster_test(p_values: np.ndarray, clusters: np.ndarray, level: float, m: in
     return ClusterTest(flagged, min(1.0, p), expected, unresolvable)
 
 
+def strongest_cluster_p(p_values: np.ndarray, clusters: np.ndarray) -> float:
+    """P-value of "at least one cluster is not a stranger": min over clusters of C x size x min p (Bonferroni)."""
+    clusters = np.asarray(clusters, np.int64)
+    if len(clusters) == 0:
+        return 1.0
+    n_clusters = int(clusters.max()) + 1
+    sizes = np.bincount(clusters, minlength=n_clusters)
+    min_p = np.full(n_clusters, np.inf)
+    np.minimum.at(min_p, clusters, np.asarray(p_values, np.float64))
+    return float(min(1.0, np.min(n_clusters * sizes * min_p)))
+
+
 def _top_uniform_tails(m: int, jmax: int, draws: int, seed: int) -> np.ndarray:
     """Draws of F_j = P(U > j-th largest of m uniforms), j = 0..jmax, jointly (exponential spacings)."""
     rng = np.random.default_rng(seed)
