@@ -51,6 +51,7 @@ def register(app: typer.Typer) -> None:
         method: Annotated[str, typer.Option(help="Null: auto (holdout if given, else loio if REAL is labelled, else shipped), loio, holdout, shipped, manual.")] = "auto",
         score: Annotated[str, typer.Option(help="Statistic: auto (csls, i.e. similarity scaled by the local density of both faces, with an empirical null; raw with the shipped one), csls, raw.")] = "auto",
         threshold: Annotated[float | None, typer.Option(help="Use this cosine threshold instead of a null (method manual): flags only, no verdict.")] = None,
+        fmr: Annotated[float | None, typer.Option(help="With --method shipped: flag at this per-comparison false-match rate; each face is then flagged by chance with probability at most N x FMR for a gallery of N faces, and that rate is tested.")] = None,
         exclude: Annotated[Path | None, typer.Option(help="CSV (path,reason) of images to leave out, e.g. child or not_a_face.")] = None,
         exclude_children: Annotated[bool, typer.Option("--exclude-children", help="Leave out faces whose apparent age (estimated from the embedding) is a child's, on every side.")] = False,
         faces: Annotated[str, typer.Option(help="'largest' face per image, or 'all' faces as separate rows.")] = "largest",
@@ -76,7 +77,7 @@ def register(app: typer.Typer) -> None:
         from idleak.api import audit
 
         _terminate_as_interrupt()
-        options = AuditOptions(alpha=alpha, top_k=top_k, method=method, score=score, threshold=threshold,
+        options = AuditOptions(alpha=alpha, top_k=top_k, method=method, score=score, threshold=threshold, fmr=fmr,
                                exclude_children=exclude_children)
         with RichProgress() as progress:
             result = audit(synthetic, real, out_dir, model=model, cache=cache, options=options, exclude=exclude,

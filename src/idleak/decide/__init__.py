@@ -296,14 +296,21 @@ def decide_queries(queries: np.ndarray, query_identities: np.ndarray, top: TopK,
     clusters, how = synthetic_clusters(queries, query_identities, link, options)
     if null.kind == "holdout":  # the holdout null is the synthetic faces' own scores: grouped by their clusters
         null = replace(null, groups=clusters)
-    return judge(values, null, clusters, how, alpha, options.seed)
+    face_level = None
+    if options.fmr is not None:
+        if null.kind != "shipped":
+            raise IdleakError("--fmr sets the shipped calibration's per-comparison rate: use it with --method shipped")
+        # a stranger's best match among N faces passes with probability at most N * fmr (union bound)
+        face_level = min(1.0, null.gallery_size * options.fmr)
+    return judge(values, null, clusters, how, alpha, options.seed, face_level)
 
 
-def judge(values: np.ndarray, null: Null, clusters: np.ndarray, how: str, alpha: float, seed: int = 0) -> Decision:
+def judge(values: np.ndarray, null: Null, clusters: np.ndarray, how: str, alpha: float, seed: int = 0,
+          face_level: float | None = None) -> Decision:
     """The tests on per-face statistics: flags, face-level count test, cluster-level test, verdict."""
     n = len(values)
     resolution = null.resolution()
-    alpha_eff = max(alpha, resolution)
+    alpha_eff = max(face_level if face_level is not None else alpha, resolution)
     p = null.p_values(values)
     threshold = null.threshold(alpha_eff)
     flagged = p <= alpha_eff

@@ -3,8 +3,9 @@
 Some faces are close to many others by nature (a frontal, average-looking face; a young child). The
 real-vs-real null measures that: how often each real face is the nearest other-identity face of a
 real query. A real face is a hub when more synthetic *clusters* (identities, not faces: one
-identity's 20 images count once) pick it as nearest than that rate predicts (Poisson tail,
-Bonferroni over the gallery). Hubs are evidence to look at; they are never dropped from a decision.
+identity's 20 images count once) pick it as nearest than that rate predicts: the two counts are
+compared by the exact conditional binomial test of two Poisson rates, Bonferroni over the gallery
+(without a real-vs-real null, against a uniform rate). Hubs are evidence to look at; they are never dropped from a decision.
 """
 
 from __future__ import annotations
@@ -35,19 +36,25 @@ def find_hubs(nearest: np.ndarray, clusters: np.ndarray, null: object, n_gallery
     n_clusters = len(np.unique(np.asarray(clusters)[ok]))
     counts = np.bincount(pairs[:, 1], minlength=n_gallery)
     baseline_rows = np.asarray(getattr(null, "nearest", np.zeros(0, np.int64)), np.int64)
-    if len(baseline_rows):
-        rate = (np.bincount(baseline_rows, minlength=n_gallery) + 1.0) / (len(baseline_rows) + n_gallery)
-        baseline = "real_vs_real"
-    else:
-        rate = np.full(n_gallery, 1.0 / n_gallery)
-        baseline = "uniform"
     sizes = np.bincount(np.asarray(clusters)[ok])
-    mean_size = float(sizes[sizes > 0].mean())
+    exposure = n_clusters * float(sizes[sizes > 0].mean())  # synthetic faces' chances to pick each row
     hubs = []
-    for row in np.flatnonzero(counts >= max(min_count, 2)):
-        expected = n_clusters * (1 - (1 - rate[row]) ** mean_size)
-        p = float(stats.poisson.sf(counts[row] - 1, expected)) * n_gallery
-        if p < alpha:
-            hubs.append(Hub(int(row), int(counts[row]), float(expected), min(1.0, p), baseline))
+    if len(baseline_rows):
+        # two Poisson counts, the synthetic clusters' and the real-vs-real null's, compared exactly:
+        # given their sum, the synthetic count is binomial with the share of the exposures
+        base = np.bincount(baseline_rows, minlength=n_gallery)
+        share = exposure / (exposure + len(baseline_rows))
+        for row in np.flatnonzero(counts >= max(min_count, 2)):
+            total = int(counts[row] + base[row])
+            p = float(stats.binom.sf(counts[row] - 1, total, share)) * n_gallery
+            if p < alpha:
+                expected = base[row] * exposure / len(baseline_rows)
+                hubs.append(Hub(int(row), int(counts[row]), float(expected), min(1.0, p), "real_vs_real"))
+    else:
+        for row in np.flatnonzero(counts >= max(min_count, 2)):
+            expected = n_clusters * (1 - (1 - 1.0 / n_gallery) ** float(sizes[sizes > 0].mean()))
+            p = float(stats.poisson.sf(counts[row] - 1, expected)) * n_gallery
+            if p < alpha:
+                hubs.append(Hub(int(row), int(counts[row]), float(expected), min(1.0, p), "uniform"))
     hubs.sort(key=lambda h: (h.p_value, -h.count, h.row))
     return hubs
