@@ -5,7 +5,8 @@ real-vs-real null measures that: how often each real face is the nearest other-i
 real query. A real face is a hub when more synthetic *clusters* (identities, not faces: one
 identity's 20 images count once) pick it as nearest than that rate predicts: the two counts are
 compared by the exact conditional binomial test of two Poisson rates, Bonferroni over the gallery
-(without a real-vs-real null, against a uniform rate). Hubs are evidence to look at; they are never dropped from a decision.
+(without a real-vs-real null, against a uniform rate). Hubs are evidence to look at; they are never
+dropped from a decision.
 """
 
 from __future__ import annotations
