@@ -64,7 +64,7 @@ def test_gate_rejects_leaks_and_releases_strangers(gated, planted):
     for row in leaks:
         assert row["reason"] == "leak"
         assert row["real_identity"] == kind_of(row["path"])[1]
-        assert float(row["similarity"]) > summary["threshold"]
+        assert float(row["p_value"]) <= summary["alpha"] and float(row["statistic"]) > summary["threshold"]
     assert not [r for r in accepted if kind_of(r["path"])[0] in ("leak", "copy")]
 
     # strangers: released unless no face could be found (then held back as unchecked, never as a leak by chance
@@ -75,8 +75,9 @@ def test_gate_rejects_leaks_and_releases_strangers(gated, planted):
     assert all(r["reason"] == "no_face" and r["similarity"] == "" and r["real_path"] == "" for r in unchecked)
     assert len(unchecked) <= 3
     assert len(accepted) >= 40 - 4
-    assert all(float(r["similarity"]) <= summary["threshold"] for r in accepted)
-    assert summary["method"] == "leave_one_identity_out"
+    assert all(float(r["p_value"]) > summary["alpha"] and float(r["statistic"]) <= summary["threshold"]
+               for r in accepted)
+    assert summary["method"] == "leave_one_identity_out" and summary["score"] == "csls"
     assert summary["rejected_by_reason"]["leak"] == len([r for r in rejected if r["reason"] == "leak"])
     assert "held back" in (out / "report.html").read_text(encoding="utf-8")
 

@@ -30,8 +30,8 @@ from idleak.sources import Record, Source, open_source
 MODES = ("list", "copy", "link")
 #: File that marks a folder idleak made (and may therefore delete and rebuild).
 MARKER = ".idleak-made"
-ACCEPTED_COLUMNS = ["path", "similarity", "real_path", "real_identity"]
-REJECTED_COLUMNS = ["path", "reason", "real_path", "real_identity", "similarity", "detail"]
+ACCEPTED_COLUMNS = ["path", "similarity", "real_path", "real_identity", "statistic", "p_value"]
+REJECTED_COLUMNS = ["path", "reason", "real_path", "real_identity", "similarity", "detail", "statistic", "p_value"]
 SAMPLE_COLUMNS = ["seed", "index", "batch_n"]
 BOX_COLUMNS = ["box", "real_box"]
 MATCH_COLUMNS = ["dataset", "dataset_path", "dataset_identity", "person_path", "similarity", "identical_file"]

@@ -80,7 +80,8 @@ def gate_faces(synthetic: FaceSet, real: FaceSet, threshold: GalleryDecider, blo
             j, score = int(found.indices[q, 0]), float(found.scores[q, 0])
             row = {"path": path, "similarity": score, "real_path": str(real.paths[j]),
                    "real_identity": real.identities[j], "box": _box(synthetic.boxes[q]),
-                   "real_box": _box(real.boxes[j]), "p_value": float(p_values[q]), "flagged": bool(flagged[q])}
+                   "real_box": _box(real.boxes[j]), "statistic": float(values[q]), "p_value": float(p_values[q]),
+                   "flagged": bool(flagged[q])}
             if path not in best:
                 order.append(path)
                 best[path] = row
@@ -95,7 +96,7 @@ def gate_faces(synthetic: FaceSet, real: FaceSet, threshold: GalleryDecider, blo
     for path, reason, detail in synthetic.excluded:
         decision.rejected.append({"path": str(path), "reason": reason, "detail": detail, "similarity": None,
                                   "real_path": None, "real_identity": None, "box": None, "real_box": None,
-                                  "p_value": None})
+                                  "statistic": None, "p_value": None})
     return decision
 
 
