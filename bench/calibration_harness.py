@@ -40,6 +40,7 @@ class Cell:
     false_leaks: int
     recall: float | None = None
     seconds: float = 0.0
+    undecided: int = 0  # "too_few_to_decide" verdicts
 
     @property
     def rate(self) -> float:
@@ -132,7 +133,7 @@ def _decide(syn, syn_ids, real, real_ids, options, holdout=None, holdout_ids=Non
 # -- real faces ------------------------------------------------------------------------------------------
 def face_cell(name: str, vectors: np.ndarray, identities: np.ndarray, alpha: float, reps: int, score: str = "auto",
               holdout: bool = False, leak_ids: int = 0, min_photos: int = 2, seed: int = 0,
-              strangers: tuple[np.ndarray, np.ndarray] | None = None) -> Cell:
+              strangers: tuple[np.ndarray, np.ndarray] | None = None, max_people: int | None = None) -> Cell:
     """Random identity splits of one population: half REAL, half SYN strangers (or ``strangers`` from
     another population); with ``holdout`` a third part is the holdout; ``leak_ids`` REAL people give
     their other photos to SYN (recall)."""
@@ -141,10 +142,10 @@ def face_cell(name: str, vectors: np.ndarray, identities: np.ndarray, alpha: flo
     people, counts = np.unique(ids, return_counts=True)
     people = people[counts >= min_photos]
     options = DecisionOptions(alpha=alpha, score=score)
-    false, found, planted = 0, 0, 0
+    false, found, planted, undecided = 0, 0, 0, 0
     start = time.perf_counter()
     for r in range(reps):
-        order = rng.permutation(people)
+        order = rng.permutation(people)[:max_people]
         parts = np.array_split(order, 3 if holdout else 2)
         real_people = set(parts[0])
         real_mask = np.array([i in real_people for i in ids])
@@ -168,6 +169,9 @@ def face_cell(name: str, vectors: np.ndarray, identities: np.ndarray, alpha: flo
             hold_people = set(parts[2])
             hold_mask = np.array([i in hold_people for i in ids])
             hold, hold_ids = vectors[hold_mask], ids[hold_mask]
+        if max_people is not None:  # the people not drawn this time are in no part
+            drawn = set(order)
+            real_mask &= np.array([i in drawn for i in ids])
         decision = _decide(syn, syn_ids, vectors[real_mask], ids[real_mask], options, hold, hold_ids, seed=r)
         if leak_ids:
             is_leak = np.array([str(i).startswith("leak_") for i in syn_ids])
@@ -175,8 +179,53 @@ def face_cell(name: str, vectors: np.ndarray, identities: np.ndarray, alpha: flo
             found += len(np.unique(decision.clusters[is_leak & decision.flagged]))
         else:
             false += decision.verdict == "leak"
+            undecided += decision.verdict == "too_few_to_decide"
     what = f"{name}, {'holdout' if holdout else 'loio'} null, score {score}" + (f", {leak_ids} leaked ids" if leak_ids else "")
-    return Cell("faces", what, alpha, reps, false, found / planted if leak_ids else None, time.perf_counter() - start)
+    return Cell("faces", what, alpha, reps, false, found / planted if leak_ids else None, time.perf_counter() - start,
+                undecided)
+
+
+def face_cells(stores: str, reps: int) -> list[Cell]:
+    """Real-face cells from stores made by ``idleak embed`` (store-lfw, store-orl, store-yaleb-aligned, store-utk)."""
+    import os
+
+    def have(name: str) -> bool:
+        return os.path.isdir(os.path.join(stores, name))
+
+    cells: list[Cell] = []
+    lfw = load_store(os.path.join(stores, "store-lfw"))
+    others = {}
+    for name, label in (("store-orl", "ORL"), ("store-yaleb-aligned", "Yale B")):
+        if have(name):
+            v, i = load_store(os.path.join(stores, name))
+            others[label] = (v, np.array([f"{label}_{x}" for x in i], dtype=object))
+    if have("store-utk"):
+        from idleak.store import EmbeddingStore
+
+        rows = EmbeddingStore.open(os.path.join(stores, "store-utk")).rows()
+        ok = np.array([r is None for r in rows.reason]) & (rows.face == 0)
+        ages = np.array([int(os.path.basename(str(p)).split("_")[0]) for p in rows.path[ok]])
+        child = ages < 13
+        others["UTKFace children (<13)"] = (rows.vectors[ok][child],
+                                            np.array([f"utk{k}" for k in range(child.sum())], dtype=object))
+    for alpha in (0.05, 0.01):
+        for score in ("raw", "csls"):
+            for holdout in (False, True):
+                cells.append(face_cell("LFW", *lfw, alpha, reps, score=score, holdout=holdout, min_photos=1,
+                                            max_people=1500))
+                print(table(cells[-1:]).splitlines()[-1], flush=True)
+            for holdout in (False, True):
+                cells.append(face_cell("LFW", *lfw, alpha, max(5, reps // 20), score=score, leak_ids=30,
+                                       holdout=holdout, max_people=1500))
+            for label, strangers in others.items():
+                cells.append(face_cell(f"LFW REAL vs {label} strangers", *lfw, alpha, reps, score=score,
+                                       min_photos=1, strangers=strangers, max_people=1500))
+                print(table(cells[-1:]).splitlines()[-1], flush=True)
+            for label in ("ORL", "Yale B"):
+                if label in others:
+                    cells.append(face_cell(label, *others[label], alpha, reps, score=score))
+                    print(table(cells[-1:]).splitlines()[-1], flush=True)
+    return cells
 
 
 def load_store(path: str, aligned: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -189,14 +238,15 @@ def load_store(path: str, aligned: bool | None = None) -> tuple[np.ndarray, np.n
 
 
 def table(cells: list[Cell]) -> str:
-    lines = ["| family | cell | alpha | reps | false 'leak' verdicts | rate | within sampling error | recall |",
-             "|---|---|---:|---:|---:|---:|---|---:|"]
+    lines = ["| family | cell | alpha | reps | false 'leak' verdicts | rate | within sampling error | too few to decide "
+             "| recall of leaked ids |", "|---|---|---:|---:|---:|---:|---|---:|---:|"]
     for c in cells:
         rate = "" if c.recall is not None else f"{c.rate:.3f}"
         ok = "" if c.recall is not None else ("yes" if c.holds else f"**no** (> {c.upper:.3f})")
         recall = f"{c.recall:.2f}" if c.recall is not None else ""
         false = "" if c.recall is not None else str(c.false_leaks)
-        lines.append(f"| {c.family} | {c.name} | {c.alpha} | {c.reps} | {false} | {rate} | {ok} | {recall} |")
+        lines.append(f"| {c.family} | {c.name} | {c.alpha} | {c.reps} | {false} | {rate} | {ok} | "
+                     f"{c.undecided if c.recall is None else ''} | {recall} |")
     return "\n".join(lines)
 
 
@@ -221,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
             cells.append(vector_cell(score, alpha, max(10, reps // 10), leak=True))
             for c in cells[-2:]:
                 print(table([c]).splitlines()[-1], flush=True)
+    if args.stores:
+        cells += face_cells(args.stores, reps if full else 20)
     text = table(cells)
     if args.out:
         with open(args.out, "w") as handle:

@@ -81,7 +81,16 @@ def test_person_found_where_planted_and_not_elsewhere(planted, strangers, faces_
 @pytest.mark.slow
 def test_stranger_found_in_synthetic_set_not_in_real(planted, faces_root, workspace, tmp_path):
     person = photos(faces_root, 23, [3, 4, 5], tmp_path / "s23")  # SYN holds photos 1-2 of subject 23
-    run = lookup(person, [planted["real"], planted["syn"]], tmp_path / "out", workspace=workspace)
+    # SYN has 30 people: too few to resolve 1% / 3 photos, and the lookup says so instead of "no match"
+    run = lookup(person, [planted["real"], planted["syn"]], tmp_path / "few", workspace=workspace)
+    real, syn = run.datasets
+    assert not real.found and real.decidable
+    assert not syn.found and not syn.decidable
+    assert run.summary["verdict_text"].startswith("Too few to decide in 1 of 2")
+    # one photo at alpha 0.05 needs a null of 19 people: SYN's 30 resolve it
+    person = photos(faces_root, 23, [3], tmp_path / "s23one")
+    run = lookup(person, [planted["real"], planted["syn"]], tmp_path / "out", workspace=workspace,
+                 options=LookupOptions(alpha=0.05))
     real, syn = run.datasets
     assert not real.found
     assert syn.found and {m["dataset_identity"] for m in syn.matches} == {"stranger_s23"}

@@ -65,6 +65,7 @@ class AuditResult:
     identical_files: list[dict] = field(default_factory=list)
     dcr: dict | None = None
     holdout: FaceSet | None = None
+    warnings: list[str] = field(default_factory=list)
     summary: dict = field(default_factory=dict)
 
     @property
@@ -136,6 +137,27 @@ def exclude_children(faces: FaceSet, model_id: str) -> FaceSet:
     return out
 
 
+#: Share of synthetic faces that look like children above which the audit warns.
+CHILD_SHARE_WARNING = 0.05
+
+
+def children_warning(faces: FaceSet, model_id: str) -> list[str]:
+    """A warning when many synthetic faces look like children (their matches are not trustworthy)."""
+    from idleak.age import is_child
+
+    if len(faces) == 0:
+        return []
+    try:
+        share = float(np.mean(is_child(faces.vectors, model_id)))
+    except IdleakError:  # no age model for this face model
+        return []
+    if share <= CHILD_SHARE_WARNING:
+        return []
+    return [f"{share:.0%} of the synthetic faces look like young children: face models place children close "
+            "together, so they match strangers far more often than adults (measured: bench/RESULTS.md). Run with "
+            "--exclude-children, or give a --holdout that holds children."]
+
+
 def run_audit(synthetic: FaceSet, real: FaceSet, model_id: str, options: AuditOptions | None = None,
               progress: ProgressFactory | None = None, holdout: FaceSet | None = None) -> AuditResult:
     """Search each synthetic face among the real ones, decide at the stated error rate, count identities."""
@@ -146,9 +168,12 @@ def run_audit(synthetic: FaceSet, real: FaceSet, model_id: str, options: AuditOp
     if holdout is not None:
         holdout = drop_duplicates(holdout, "HOLDOUT")
         check_holdout(real, holdout)
+    warnings = []
     if options.exclude_children:
         synthetic, real = exclude_children(synthetic, model_id), exclude_children(real, model_id)
         holdout = exclude_children(holdout, model_id) if holdout is not None else None
+    else:
+        warnings += children_warning(synthetic, model_id)
     synthetic, identical = split_identical(synthetic, real)
     if len(real) == 0:
         raise IdleakError("REAL has no usable faces" + _see(real))
@@ -174,7 +199,8 @@ def run_audit(synthetic: FaceSet, real: FaceSet, model_id: str, options: AuditOp
     pairs = global_top_pairs(synthetic.vectors, real.vectors, options.top_pairs, result=TopK(scores, indices),
                              block_size=options.block_size) if options.top_pairs and len(synthetic) else []
     dcr = holdout_comparison(synthetic, real, holdout, result, decision, options) if holdout is not None else None
-    out = AuditResult(decision, synthetic, real, scores, indices, hub_rows, pairs, {}, identical, dcr, holdout)
+    out = AuditResult(decision, synthetic, real, scores, indices, hub_rows, pairs, {}, identical, dcr, holdout,
+                      warnings)
     out.counts = identity_counts(out)
     return out
 
@@ -278,5 +304,6 @@ def audit_fields(result: AuditResult) -> dict:
         "top_k": int(result.indices.shape[1]) if result.indices.ndim == 2 else 0,
         "hubs": result.hubs,
         "holdout": result.dcr,
+        "warnings": result.warnings,
     })
     return fields

@@ -94,6 +94,8 @@ def register(app: typer.Typer) -> None:
             matched += f" and {s['n_unlabelled_real_faces_matched']} unlabelled real faces"
         out.print(f"threshold {s['threshold']:.4f} ({s['method']}, {s['score']} score), {matched} matched")
         out.print(escape(s["limits"]))
+        for warning in s.get("warnings", []):
+            out.print(f"[yellow]warning:[/] {escape(warning)}")
         out.print(f"report: {out_dir / 'report.html'}")
         if fail_on_leak and s["verdict"] == "leak":
             raise typer.Exit(1)
