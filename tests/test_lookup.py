@@ -106,13 +106,13 @@ def test_stranger_found_in_synthetic_set_not_in_real(planted, faces_root, worksp
 
 
 @pytest.mark.slow
-def test_unlabelled_dataset_uses_the_shipped_fmr_threshold(planted, strangers, faces_root, workspace, tmp_path):
+def test_unlabelled_dataset_uses_the_shipped_calibration(planted, strangers, faces_root, workspace, tmp_path):
     person = photos(faces_root, 2, [6, 7, 8], tmp_path / "person")
     real_files = sorted(planted["real"].glob("*/*.pgm"))
     unlabelled = manifest(tmp_path / "real_unlabelled.csv", real_files, labelled=False)
     run = lookup(person, [unlabelled], tmp_path / "out", workspace=workspace)
     (found,) = run.datasets
-    assert found.threshold.method == "shipped_fmr"
+    assert found.threshold.method == "shipped" and found.decidable
     assert found.found and {Path(m["dataset_path"]).parent.name for m in found.matches} == {"s2"}
 
 
