@@ -63,6 +63,8 @@ class ChipSession:
         if device == "auto" and providers[0] == CUDA and self.session.get_providers()[0] != CUDA:
             self.note = "--device auto: the CUDA provider failed to load, running on the CPU"
         self.device = "cuda" if self.session.get_providers()[0] == CUDA else "cpu"
+        if self.note:
+            print(f"idleak: {self.note}", file=sys.stderr)
         first = self.session.get_inputs()[0]
         self.input_name, self.input_shape = first.name, first.shape
         self.fixed_batch = self.input_shape[0] if isinstance(self.input_shape[0], int) else None
