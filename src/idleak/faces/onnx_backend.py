@@ -59,11 +59,15 @@ class OnnxEmbedder(Embedder):
         Output must be ``(N, D)`` with ``D >= 16``, finite, and not the same vector for different
         faces (a degenerate model would make every audit say "no leak").
         """
-        out = self._session.run(probe_faces(self.size))
-        errors = [r for r in out if isinstance(r, str)]
-        if errors:
-            raise ModelError(f"{path}: fails on probe faces ({errors[0]})")
-        vectors = np.stack(out)
+        probes = probe_faces(self.size)
+        step = self._session.fixed_batch or len(probes)
+        try:
+            vectors = np.concatenate([self._session.run_batch(probes[i:i + step]) for i in range(0, len(probes), step)])
+        except ModelError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises several private types
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelError(f"{path}: fails on probe faces ({first[:160]})") from None
         if vectors.shape[1] < MIN_DIM:
             raise ModelError(f"{path}: embeddings have {vectors.shape[1]} dimensions, need at least {MIN_DIM}")
         if not np.isfinite(vectors).all():

@@ -71,7 +71,8 @@ class ChipSession:
         self.batch_size = self.fixed_batch or max(1, int(batch_size))
         self.preprocess = preprocess or (lambda chips: np.stack(chips))
 
-    def _run(self, chips: list[np.ndarray]) -> np.ndarray:
+    def run_batch(self, chips: list[np.ndarray]) -> np.ndarray:
+        """Raw outputs ``(len(chips), D)`` of one inference call (no splitting, errors raised)."""
         pad = 0
         if self.fixed_batch and len(chips) < self.fixed_batch:
             pad = self.fixed_batch - len(chips)
@@ -91,7 +92,7 @@ class ChipSession:
 
     def _run_shrinking(self, chips: list[np.ndarray]) -> list[np.ndarray | str]:
         try:
-            return list(self._run(chips))
+            return list(self.run_batch(chips))
         except ModelError:
             raise
         except Exception as exc:  # noqa: BLE001 - out of memory and provider failures: shrink and retry
