@@ -11,7 +11,7 @@ from idleak.faces.base import Embedder, EmbedderSpec, Face, FaceChip, l2_normali
 __all__ = ["Embedder", "EmbedderSpec", "Face", "FaceChip", "l2_normalize", "load_embedder", "parse_model"]
 
 #: Options each model takes (others given on the command line are ignored for it).
-DLIB_OPTIONS = ("runtime", "device", "detector", "batch_size", "threads")
+DLIB_OPTIONS = ("runtime", "device", "detector", "batch_size", "threads", "cache_root")
 ONNX_OPTIONS = ("mean", "std", "bgr", "batch_size", "threads", "device", "detector")
 
 
