@@ -207,3 +207,15 @@ def test_detectors_and_runtimes_options(faces_root: Path, tmp_path: Path) -> Non
     assert det.detect(blank, "auto") == []
     cnn_model = DlibEmbedder(detector="cnn", cache_root=str(tmp_path))
     assert cnn_model.model_id == "dlib_face_recognition_resnet_model_v1/sp5/cnn/v2"
+
+
+def test_runtimes_share_one_store(tmp_path: Path, faces_root: Path) -> None:
+    folder, store = faces_root / "johns" / "John_Simm", tmp_path / "store"
+    runner = CliRunner()
+    first = runner.invoke(app, ["embed", str(folder), "--store", str(store), "--runtime", "dlib", "--aligned", "-j", "1"])
+    assert first.exit_code == 0, first.output
+    assert "embedded 11 new images" in first.output
+    second = runner.invoke(app, ["embed", str(folder), "--store", str(store), "--aligned", "-j", "1"])
+    assert second.exit_code == 0 and "0 new images, 11 already in the store" in second.output, second.output
+    bad = runner.invoke(app, ["embed", str(folder), "--store", str(tmp_path / "s2"), "--runtime", "torch"])
+    assert bad.exit_code == 2 and "--runtime must be" in bad.output
