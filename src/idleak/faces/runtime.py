@@ -52,6 +52,8 @@ class ChipSession:
         self.label = label or self.path
         providers, self.note = providers_for(device)
         options = ort.SessionOptions()
+        # Idle inference threads sleep instead of spinning: the worker processes need those cores.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             options.intra_op_num_threads = int(threads)
         try:
