@@ -219,3 +219,17 @@ def test_runtimes_share_one_store(tmp_path: Path, faces_root: Path) -> None:
     assert second.exit_code == 0 and "0 new images, 11 already in the store" in second.output, second.output
     bad = runner.invoke(app, ["embed", str(folder), "--store", str(tmp_path / "s2"), "--runtime", "torch"])
     assert bad.exit_code == 2 and "--runtime must be" in bad.output
+
+
+def test_pipeline_keeps_every_image_when_a_batch_fails(tmp_path: Path, faces_root: Path) -> None:
+    spec = parse_model(f"onnx:{_odd_batch_model(tmp_path / 'odd.onnx')}", batch_size=3)
+    embedder = load_embedder(spec)
+    records = open_source(faces_root / "johns" / "John_Simm", "input").records[:6]
+    store = EmbeddingStore.create(tmp_path / "store", embedder.model_id, embedder.dim)
+    stats = embed_records(records, store, spec, aligned=True, workers=1, embedder=embedder)
+    # The first batch of 3 fails, is split into 1 + 2: the single face fails (model_error), the pair
+    # runs; later batches start at the smaller size, where this model fails every face.
+    assert stats.n_new == 6 and stats.reasons["model_error"] == 4
+    rows = EmbeddingStore.open(tmp_path / "store", embedder.model_id).rows()
+    assert len(rows.hash) == 6 and sum(1 for r in rows.reason if not r) == 2
+    assert all("Reshape" in d or "reshape" in d for d, r in zip(rows.detail, rows.reason) if r == "model_error")
