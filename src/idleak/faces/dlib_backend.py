@@ -31,6 +31,8 @@ class DlibEmbedder(Embedder):
     """Detection (HOG, CNN or both), 5-point landmarks, dlib's 150x150 chip, 128-d ResNet descriptor."""
 
     dim = 128
+    #: The id with the default HOG detector (the shipped calibration is keyed by it).
+    model_id = f"dlib_face_recognition_resnet_model_v1/sp5/hog/v{PIPELINE_VERSION}"
 
     def __init__(self, runtime: str = "onnx", device: str = "cpu", detector: str = "hog", batch_size: int = 64,
                  threads: int = 0, cache_root: str | None = None) -> None:
@@ -41,7 +43,7 @@ class DlibEmbedder(Embedder):
         self.detector = det.check_detector(detector)
         self.runtime = runtime
         self.batch_size = max(1, int(batch_size))
-        self.model_id = f"dlib_face_recognition_resnet_model_v1/sp5/{self.detector}/v{PIPELINE_VERSION}"
+        self.model_id = DlibEmbedder.model_id.replace("/hog/", f"/{self.detector}/")
         det.warm_up(self.detector)  # detectors built once here (about 1 s), not on the first image
         self._predictor = det.shape_predictor(5)
         if runtime == "dlib":
