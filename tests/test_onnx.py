@@ -26,12 +26,18 @@ def save(model: onnx.ModelProto, path: Path) -> str:
     return str(path)
 
 
+#: The channel means are repeated to give a 16+-dimensional embedding, as models must (issue 9).
+REPEAT = 6
+
+
 def channel_mean_model(path: Path, batch: int | str = "N") -> str:
-    """Output = per-channel mean of the input: shows exactly what preprocessing fed the model."""
+    """Output = per-channel mean of the input (repeated): shows exactly what preprocessing fed the model."""
     x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, SIZE, SIZE])
-    y = helper.make_tensor_value_info("embedding", TensorProto.FLOAT, [batch, 3])
-    node = helper.make_node("ReduceMean", ["input"], ["embedding"], axes=[2, 3], keepdims=0)
-    graph = helper.make_graph([node], "channel_mean", [x], [y])
+    y = helper.make_tensor_value_info("embedding", TensorProto.FLOAT, [batch, 3 * REPEAT])
+    nodes = [helper.make_node("ReduceMean", ["input"], ["means"], axes=[2, 3], keepdims=0),
+             helper.make_node("Tile", ["means", "repeats"], ["embedding"])]
+    repeats = numpy_helper.from_array(np.array([1, REPEAT], np.int64), "repeats")
+    graph = helper.make_graph(nodes, "channel_mean", [x], [y], initializer=[repeats])
     return save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
 
 
@@ -57,11 +63,11 @@ def unit(v) -> np.ndarray:
 def test_preprocessing_normalisation_and_channel_order(tmp_path: Path) -> None:
     path = channel_mean_model(tmp_path / "mean.onnx")
     crop = constant_crop((200, 100, 50))
-    rgb = load_embedder(parse_model(f"onnx:{path}")).embed_aligned([crop])[0]
+    rgb = load_embedder(parse_model(f"onnx:{path}")).embed_aligned([crop])[0][:3] * np.sqrt(REPEAT)
     np.testing.assert_allclose(rgb, unit([(200 - 127.5) / 127.5, (100 - 127.5) / 127.5, (50 - 127.5) / 127.5]), atol=1e-5)
-    bgr = load_embedder(parse_model(f"onnx:{path}", bgr=True)).embed_aligned([crop])[0]
+    bgr = load_embedder(parse_model(f"onnx:{path}", bgr=True)).embed_aligned([crop])[0][:3] * np.sqrt(REPEAT)
     np.testing.assert_allclose(bgr, rgb[::-1], atol=1e-5)
-    scaled = load_embedder(parse_model(f"onnx:{path}", mean=0.0, std=255.0)).embed_aligned([crop])[0]
+    scaled = load_embedder(parse_model(f"onnx:{path}", mean=0.0, std=255.0)).embed_aligned([crop])[0][:3] * np.sqrt(REPEAT)
     np.testing.assert_allclose(scaled, unit([200, 100, 50]), atol=1e-5)
 
 
@@ -70,7 +76,7 @@ def test_model_id_depends_on_file_and_preprocessing(tmp_path: Path) -> None:
     b = load_embedder(parse_model(f"onnx:{projection_model(tmp_path / 'b.onnx')}"))
     a_bgr = load_embedder(parse_model(f"onnx:{tmp_path / 'a.onnx'}", bgr=True))
     assert len({a.model_id, b.model_id, a_bgr.model_id}) == 3
-    assert b.dim == 32 and a.dim == 3
+    assert b.dim == 32 and a.dim == 3 * REPEAT
 
 
 def test_batches_give_the_same_vectors_as_single_images(tmp_path: Path) -> None:

@@ -92,8 +92,13 @@ def hash_records(records: list[Record], threads: int = 8) -> list[str | None]:
         return list(pool.map(one, records, chunksize=64))
 
 
-def image_rows(embedder: Embedder, path: str, content_hash: str, identity: str | None, aligned: bool) -> list[dict]:
-    """Store rows for one file: a row per face, or one row with the reason it has none."""
+def image_rows(embedder: Embedder, path: str, content_hash: str, identity: str | None, aligned: bool,
+               embed: bool = True) -> list[dict]:
+    """Store rows for one file: a row per face, or one row with the reason it has none.
+
+    With ``embed=False`` (batched models) face rows carry their aligned ``chip`` instead of a
+    vector; ``embed_pending`` fills the vectors in.
+    """
     base = {"hash": content_hash, "aligned": aligned, "path": path, "identity": identity}
     try:
         image = load_rgb(path)
@@ -102,17 +107,50 @@ def image_rows(embedder: Embedder, path: str, content_hash: str, identity: str |
     height, width = image.shape[:2]
     base.update(width=width, height=height)
     try:
-        faces = embedder.analyze([image], aligned=aligned)[0]
+        faces = embedder.prepare(image, aligned=aligned)
+        vectors = embedder.embed_chips([f.chip for f in faces]) if embed else [None] * len(faces)
     except Exception as exc:  # noqa: BLE001 - one bad image must not stop a long run
-        return [{**base, "face": -1, "n_faces": 0, "reason": "model_error", "detail": str(exc)[:200]}]
+        return [model_error(base, str(exc))]
     if not faces:
         return [{**base, "face": -1, "n_faces": 0, "reason": NO_FACE, "detail": ""}]
+    failed = next((v for v in vectors if isinstance(v, str)), None)
+    if failed is not None:
+        return [model_error(base, failed)]
     return [
         {**base, "face": i, "n_faces": len(faces), "reason": None, "detail": None, "box": list(f.box),
          "det_score": None if np.isnan(f.score) else f.score, "landmarks": f.landmarks.ravel().tolist(),
-         "vector": f.vector}
-        for i, f in enumerate(faces)
+         "vector": vector, "chip": None if embed else f.chip}
+        for i, (f, vector) in enumerate(zip(faces, vectors))
     ]
+
+
+def model_error(base: dict, detail: str) -> dict:
+    """The one row of an image the model could not embed."""
+    keep = {k: base[k] for k in ("hash", "aligned", "path", "identity", "width", "height") if k in base}
+    return {**keep, "face": -1, "n_faces": 0, "reason": "model_error", "detail": detail[:200]}
+
+
+def embed_pending(embedder: Embedder, images: list[list[dict]]) -> list[list[dict]]:
+    """Fill the vectors of images whose face rows hold chips, in one batched call.
+
+    An image with a face the model could not run becomes one ``model_error`` row.
+    """
+    chips = [row["chip"] for rows in images for row in rows if row.get("chip") is not None]
+    try:
+        vectors = iter(embedder.embed_chips(chips) if chips else [])
+    except Exception as exc:  # noqa: BLE001 - e.g. a provider that fails to run at all
+        vectors = iter([str(exc)] * len(chips))
+    done = []
+    for rows in images:
+        if rows[0].get("chip") is None:
+            done.append(rows)
+            continue
+        for row in rows:
+            row["vector"] = next(vectors)
+            row.pop("chip")
+        failed = next((r["vector"] for r in rows if isinstance(r["vector"], str)), None)
+        done.append([model_error(rows[0], failed)] if failed is not None else rows)
+    return done
 
 
 _WORKER_EMBEDDER: Embedder | None = None
@@ -125,8 +163,10 @@ def _init_worker(spec: EmbedderSpec) -> None:
 
 
 def _work_chunk(items: list[tuple[str, str, str | None]], aligned: bool) -> list[list[dict]]:
+    """In a worker: decode, detect, align, and embed too unless the model is batched in the parent."""
     assert _WORKER_EMBEDDER is not None
-    return [image_rows(_WORKER_EMBEDDER, p, h, i, aligned) for p, h, i in items]
+    embed = not _WORKER_EMBEDDER.batched
+    return [image_rows(_WORKER_EMBEDDER, p, h, i, aligned, embed=embed) for p, h, i in items]
 
 
 def start_method() -> str:
@@ -198,9 +238,12 @@ def embed_records(
     total = len(items)
     if progress:
         progress(0, total)
+    local = embedder or load_embedder(spec)
+    batch_faces = max(1, int(getattr(local, "batch_size", 64) or 64))
     with store.writer(flush_rows=flush_every, flush_seconds=10.0) as writer:
+        pending: list[list[dict]] = []  # images whose chips wait for the next batch
 
-        def take(rows_per_image: list[list[dict]]) -> None:
+        def write(rows_per_image: list[list[dict]]) -> None:
             nonlocal done
             for rows in rows_per_image:
                 writer.add_image(rows)
@@ -211,26 +254,37 @@ def embed_records(
             if progress:
                 progress(done, total)
 
-        if workers == 1 or total < 2 * chunk_size:
-            local = embedder or load_embedder(spec)
-            for path, content_hash, identity in items:
-                take([image_rows(local, path, content_hash, identity, aligned)])
-        else:
-            chunks = [items[i:i + chunk_size] for i in range(0, total, chunk_size)]
-            with _worker_pool(workers, spec, embedder) as pool:
-                pending: set[Future] = set()
-                queue = iter(chunks)
-                for chunk in queue:
-                    pending.add(pool.submit(_work_chunk, chunk, aligned))
-                    if len(pending) >= 3 * workers:
-                        break
-                while pending:
-                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for future in finished:
-                        take(future.result())
-                        nxt = next(queue, None)
-                        if nxt is not None:
-                            pending.add(pool.submit(_work_chunk, nxt, aligned))
+        def take(rows_per_image: list[list[dict]], final: bool = False) -> None:
+            pending.extend(rows_per_image)
+            n_chips = sum(1 for rows in pending for row in rows if row.get("chip") is not None)
+            if n_chips >= batch_faces or final or not local.batched:
+                batch = list(pending)
+                pending.clear()
+                write(embed_pending(local, batch))
+
+        try:
+            if workers == 1 or total < 2 * chunk_size:
+                for path, content_hash, identity in items:
+                    take([image_rows(local, path, content_hash, identity, aligned, embed=not local.batched)])
+            else:
+                chunks = [items[i:i + chunk_size] for i in range(0, total, chunk_size)]
+                with _worker_pool(workers, spec, local) as pool:
+                    futures: set[Future] = set()
+                    queue = iter(chunks)
+                    for chunk in queue:
+                        futures.add(pool.submit(_work_chunk, chunk, aligned))
+                        if len(futures) >= 3 * workers:
+                            break
+                    while futures:
+                        finished, futures = wait(futures, return_when=FIRST_COMPLETED)
+                        for future in finished:
+                            nxt = next(queue, None)
+                            if nxt is not None:  # keep the workers busy while the parent runs a batch
+                                futures.add(pool.submit(_work_chunk, nxt, aligned))
+                            take(future.result())
+        finally:
+            if pending:  # also on Ctrl-C / SIGTERM: what was prepared is embedded and kept
+                take([], final=True)
     stats.seconds = time.perf_counter() - start
     return stats
 

@@ -21,11 +21,16 @@ Workers = Annotated[int | None, typer.Option("--workers", "-j", help="Embedding 
 InputMean = Annotated[float | None, typer.Option("--input-mean", help="ONNX: subtracted from 0..255 pixels [127.5].")]
 InputStd = Annotated[float | None, typer.Option("--input-std", help="ONNX: pixels are divided by this [127.5].")]
 Bgr = Annotated[bool, typer.Option("--bgr", help="ONNX: the model takes BGR channel order.")]
-BatchSize = Annotated[int | None, typer.Option("--batch-size", help="ONNX: faces per inference batch [32].")]
+BatchSize = Annotated[int | None, typer.Option("--batch-size", help="Faces per inference batch [dlib port 64, ONNX 32].")]
+Runtime = Annotated[str | None, typer.Option("--runtime", help="dlib model: 'onnx' (default, the batched ONNX port) or 'dlib' (dlib's own, one face at a time).")]
+Device = Annotated[str | None, typer.Option("--device", help="Inference device: cpu (default), cuda (error without a GPU) or auto (GPU if usable, else CPU).")]
+Detector = Annotated[str | None, typer.Option("--detector", help="Face detector: hog (default), cnn (dlib's MMOD CNN, slow on CPU) or auto (CNN where HOG finds nothing).")]
 
 
-def model_options(input_mean: float | None, input_std: float | None, bgr: bool, batch_size: int | None) -> dict:
-    return {"mean": input_mean, "std": input_std, "bgr": True if bgr else None, "batch_size": batch_size}
+def model_options(input_mean: float | None, input_std: float | None, bgr: bool, batch_size: int | None,
+                  runtime: str | None = None, device: str | None = None, detector: str | None = None) -> dict:
+    return {"mean": input_mean, "std": input_std, "bgr": True if bgr else None, "batch_size": batch_size,
+            "runtime": runtime, "device": device, "detector": detector}
 
 
 def _terminate_as_interrupt() -> None:
@@ -66,6 +71,9 @@ def register(app: typer.Typer) -> None:
         input_std: InputStd = None,
         bgr: Bgr = False,
         batch_size: BatchSize = None,
+        runtime: Runtime = None,
+        device: Device = None,
+        detector: Detector = None,
     ) -> None:
         """Leakage audit: find real training identities inside a synthetic face dataset.
 
@@ -84,7 +92,7 @@ def register(app: typer.Typer) -> None:
                            faces=faces, aligned_synthetic=aligned or aligned_synthetic,
                            aligned_real=aligned or aligned_real, workers=workers, progress=progress,
                            holdout=holdout, aligned_holdout=aligned or aligned_holdout,
-                           **model_options(input_mean, input_std, bgr, batch_size))
+                           **model_options(input_mean, input_std, bgr, batch_size, runtime, device, detector))
         s = result.summary
         warn_excluded(s["excluded"], out_dir / "excluded.csv")
         colour = {"leak": "red", "no_evidence_of_leak": "green"}.get(s["verdict"], "yellow")
@@ -113,6 +121,9 @@ def register(app: typer.Typer) -> None:
         input_std: InputStd = None,
         bgr: Bgr = False,
         batch_size: BatchSize = None,
+        runtime: Runtime = None,
+        device: Device = None,
+        detector: Detector = None,
     ) -> None:
         """Embed images once into a store; later runs reuse it and a killed run resumes."""
         from idleak.api import embed
@@ -120,7 +131,8 @@ def register(app: typer.Typer) -> None:
         _terminate_as_interrupt()
         with RichProgress() as progress:
             stats, target = embed(path, store, model=model, aligned=aligned, workers=workers, progress=progress,
-                                  flush_every=flush_every, **model_options(input_mean, input_std, bgr, batch_size))
+                                  flush_every=flush_every,
+                                  **model_options(input_mean, input_std, bgr, batch_size, runtime, device, detector))
         reasons = dict(stats.reasons)
         if stats.n_missing:
             reasons["unreadable"] = stats.n_missing

@@ -6,9 +6,13 @@ Only this package imports dlib or onnxruntime.
 from __future__ import annotations
 
 from idleak.errors import ModelError
-from idleak.faces.base import Embedder, EmbedderSpec, Face, l2_normalize
+from idleak.faces.base import Embedder, EmbedderSpec, Face, FaceChip, l2_normalize
 
-__all__ = ["Embedder", "EmbedderSpec", "Face", "l2_normalize", "load_embedder", "parse_model"]
+__all__ = ["Embedder", "EmbedderSpec", "Face", "FaceChip", "l2_normalize", "load_embedder", "parse_model"]
+
+#: Options each model takes (others given on the command line are ignored for it).
+DLIB_OPTIONS = ("runtime", "device", "detector", "batch_size", "threads", "cache_root")
+ONNX_OPTIONS = ("mean", "std", "bgr", "batch_size", "threads", "device", "detector")
 
 
 def parse_model(model: str, **options: object) -> EmbedderSpec:
@@ -29,8 +33,9 @@ def load_embedder(spec: EmbedderSpec | str = "dlib") -> Embedder:
     if spec.model == "dlib":
         from idleak.faces.dlib_backend import DlibEmbedder
 
-        return DlibEmbedder()
+        return DlibEmbedder(**{k: v for k, v in spec.options if k in DLIB_OPTIONS})
     from idleak.faces.onnx_backend import OnnxEmbedder
 
-    kwargs = {k: v for k, v in spec.options if k in ("mean", "std", "bgr", "batch_size", "threads")}
-    return OnnxEmbedder(spec.model[5:], **kwargs)
+    if spec.option("runtime", "onnx") != "onnx":
+        raise ModelError("--runtime dlib only applies to the built-in dlib model")
+    return OnnxEmbedder(spec.model[5:], **{k: v for k, v in spec.options if k in ONNX_OPTIONS})

@@ -27,8 +27,9 @@ class Face:
 class EmbedderSpec:
     """A picklable description of a face model, so worker processes can load their own copy.
 
-    ``model`` is ``"dlib"`` or ``"onnx:PATH"``; ``options`` are backend settings (for ONNX:
-    ``mean``, ``std``, ``bgr``, ``batch_size``).
+    ``model`` is ``"dlib"`` or ``"onnx:PATH"``; ``options`` are backend settings: ``runtime``
+    (dlib model: ``onnx`` port or ``dlib``'s own), ``device``, ``detector``, ``batch_size``,
+    ``threads`` and, for ONNX models, ``mean``, ``std``, ``bgr``.
     """
 
     model: str = "dlib"
@@ -38,21 +39,60 @@ class EmbedderSpec:
         return dict(self.options).get(name, default)
 
 
+@dataclass
+class FaceChip:
+    """A found face before embedding: box, detector score, landmarks and its aligned RGB chip."""
+
+    box: tuple[float, float, float, float]
+    score: float
+    landmarks: np.ndarray
+    chip: np.ndarray  # (size, size, 3) uint8
+
+
 class Embedder(ABC):
-    """Detect, align and embed faces. Nothing outside ``idleak.faces`` touches a model's internals."""
+    """Detect, align and embed faces. Nothing outside ``idleak.faces`` touches a model's internals.
+
+    Two stages: ``prepare`` (decode-side work: detection, landmarks, alignment, in worker
+    processes) and ``embed_chips`` (the network). With ``batched`` the pipeline sends chips from
+    the workers to one ``embed_chips`` call per batch in the parent process.
+    """
 
     #: Identifies the model and preprocessing; stores are tied to it.
     model_id: str
     #: Embedding dimension.
     dim: int
+    #: True when ``embed_chips`` runs an inference session that gains from batches.
+    batched: bool = False
+    #: A line for the user about the device actually used (empty when nothing to say).
+    device_note: str = ""
 
     @abstractmethod
-    def analyze(self, images: list[np.ndarray], aligned: bool = False) -> list[list[Face]]:
-        """Every face in each RGB uint8 image, as a list per image (empty when none is found).
+    def prepare(self, image: np.ndarray, aligned: bool = False) -> list[FaceChip]:
+        """Every face in an RGB uint8 image with its aligned chip (empty when none is found).
 
-        With ``aligned=True`` each image is taken to be one already aligned face crop: no
+        With ``aligned=True`` the image is taken to be one already aligned face crop: no
         detection, so small or blurry crops are still embedded.
         """
+
+    @abstractmethod
+    def embed_chips(self, chips: list[np.ndarray]) -> list[np.ndarray | str]:
+        """A unit vector per chip, or the error text for a chip the model could not run."""
+
+    def analyze(self, images: list[np.ndarray], aligned: bool = False) -> list[list[Face]]:
+        """Every face in each RGB uint8 image, as a list per image (empty when none is found)."""
+        found = [self.prepare(image, aligned) for image in images]
+        flat = [face for faces in found for face in faces]
+        vectors = iter(self.embed_chips([face.chip for face in flat]) if flat else [])
+        results = []
+        for faces in found:
+            out = []
+            for face in faces:
+                vector = next(vectors)
+                if isinstance(vector, str):
+                    raise RuntimeError(vector)
+                out.append(Face(face.box, face.score, face.landmarks, vector))
+            results.append(out)
+        return results
 
     def embed_aligned(self, images: list[np.ndarray]) -> np.ndarray:
         """Unit vectors ``(n, dim)`` for aligned face crops (one face per image)."""

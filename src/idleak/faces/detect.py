@@ -1,4 +1,4 @@
-"""Face detection (dlib HOG) and landmarks, shared by every embedding backend."""
+"""Face detection (dlib HOG, dlib's MMOD CNN, or HOG then CNN) and landmarks, shared by every backend."""
 
 from __future__ import annotations
 
@@ -36,9 +36,32 @@ def model_file(name: str) -> str:
     return str(path)
 
 
+DETECTORS = ("hog", "cnn", "auto")
+
+
+def check_detector(detector: str) -> str:
+    if detector not in DETECTORS:
+        raise ModelError(f"--detector must be one of {', '.join(DETECTORS)}, not {detector!r}")
+    return detector
+
+
 @lru_cache(maxsize=1)
 def hog_detector() -> dlib.fhog_object_detector:
     return dlib.get_frontal_face_detector()
+
+
+@lru_cache(maxsize=1)
+def cnn_detector() -> dlib.cnn_face_detection_model_v1:
+    """dlib's own MMOD CNN face detector (``mmod_human_face_detector.dat``), run by dlib on the CPU."""
+    return dlib.cnn_face_detection_model_v1(model_file("mmod_human_face_detector.dat"))
+
+
+def warm_up(detector: str) -> None:
+    """Build the detectors ``detector`` needs, so workers forked later inherit them."""
+    if detector in ("hog", "auto"):
+        hog_detector()
+    if detector in ("cnn", "auto"):
+        cnn_detector()
 
 
 @lru_cache(maxsize=2)
@@ -57,8 +80,14 @@ def upsample_for(height: int, width: int) -> int:
     return times
 
 
-def detect(image: np.ndarray) -> list[tuple[dlib.rectangle, float]]:
-    """Face rectangles in image coordinates with HOG scores, best first."""
+def detect(image: np.ndarray, detector: str = "hog") -> list[tuple[dlib.rectangle, float]]:
+    """Face rectangles in image coordinates with detector scores, best first.
+
+    ``hog``: dlib's HOG detector; ``cnn``: dlib's MMOD CNN; ``auto``: HOG, then the CNN only
+    where HOG finds nothing (side-lit, turned or small faces).
+    """
+    if detector == "auto":
+        return detect(image, "hog") or detect(image, "cnn")
     height, width = image.shape[:2]
     scale = 1.0
     work = image
@@ -69,15 +98,19 @@ def detect(image: np.ndarray) -> list[tuple[dlib.rectangle, float]]:
         small = Image.fromarray(image).resize((max(1, round(width * scale)), max(1, round(height * scale))))
         work = np.asarray(small)
     upsample = upsample_for(*work.shape[:2])
-    rects, scores, _ = hog_detector().run(work, upsample, 0.0)
+    if detector == "cnn":
+        found_raw = [(d.rect, float(d.confidence)) for d in cnn_detector()(work, upsample)]
+    else:
+        rects, scores, _ = hog_detector().run(work, upsample, 0.0)
+        found_raw = [(rect, float(score)) for rect, score in zip(rects, scores)]
     found = []
-    for rect, score in zip(rects, scores):
+    for rect, score in found_raw:
         if scale != 1.0:
             rect = dlib.rectangle(
                 round(rect.left() / scale), round(rect.top() / scale),
                 round(rect.right() / scale), round(rect.bottom() / scale),
             )
-        found.append((rect, float(score)))
+        found.append((rect, score))
     found.sort(key=lambda item: -item[1])
     return found
 

@@ -1,44 +1,82 @@
-"""dlib's ResNet face model (128-d, public domain weights from ``face-recognition-models``)."""
+"""dlib's ResNet face model (128-d, public domain weights from ``face-recognition-models``).
+
+Two runtimes compute the same descriptor from the same 150x150 chip (dlib's own chip extraction,
+``get_face_chip(image, shape, 150, 0.25)``, as ``compute_face_descriptor`` does with no jitter):
+
+* ``onnx`` (default): the network read from the ``.dat`` file by ``dlib_format`` and run as an
+  ONNX graph (``dlib_onnx``) by onnxruntime in batches, on the CPU or a CUDA GPU;
+* ``dlib``: dlib's own ``face_recognition_model_v1``, one chip at a time.
+
+Their descriptors agree to cosine >= 0.9999 (bench/bench_embed.py checks every shared face), so
+both write the same model id and share stores and the shipped calibration.
+"""
 
 from __future__ import annotations
 
 import dlib
 import numpy as np
 
+from idleak.errors import ModelError
 from idleak.faces import detect as det
-from idleak.faces.base import Embedder, Face, l2_normalize
+from idleak.faces.base import Embedder, FaceChip, l2_normalize
 
 #: Bump when preprocessing changes, so old stores are not mixed with new vectors.
 PIPELINE_VERSION = 2
+RUNTIMES = ("onnx", "dlib")
+CHIP_SIZE, CHIP_PADDING = 150, 0.25
+RESNET_FILE = "dlib_face_recognition_resnet_model_v1.dat"
 
 
 class DlibEmbedder(Embedder):
-    """HOG detection, 5-point landmarks, dlib's 150x150 chip alignment, 128-d ResNet descriptor."""
+    """Detection (HOG, CNN or both), 5-point landmarks, dlib's 150x150 chip, 128-d ResNet descriptor."""
 
     dim = 128
+    #: The id with the default HOG detector (the shipped calibration is keyed by it).
     model_id = f"dlib_face_recognition_resnet_model_v1/sp5/hog/v{PIPELINE_VERSION}"
 
-    def __init__(self) -> None:
-        det.hog_detector()  # built once here (about 1 s), not on the first image
+    def __init__(self, runtime: str = "onnx", device: str = "cpu", detector: str = "hog", batch_size: int = 64,
+                 threads: int = 0, cache_root: str | None = None) -> None:
+        if runtime not in RUNTIMES:
+            raise ModelError(f"--runtime must be 'onnx' or 'dlib', not {runtime!r}")
+        if runtime == "dlib" and device == "cuda":
+            raise ModelError("--device cuda needs --runtime onnx (dlib's own runtime here is CPU-only)")
+        self.detector = det.check_detector(detector)
+        self.runtime = runtime
+        self.batch_size = max(1, int(batch_size))
+        self.model_id = DlibEmbedder.model_id.replace("/hog/", f"/{self.detector}/")
+        det.warm_up(self.detector)  # detectors built once here (about 1 s), not on the first image
         self._predictor = det.shape_predictor(5)
-        self._net = dlib.face_recognition_model_v1(det.model_file("dlib_face_recognition_resnet_model_v1.dat"))
+        if runtime == "dlib":
+            self._net = dlib.face_recognition_model_v1(det.model_file(RESNET_FILE))
+            self._session = None
+            self.batched = False
+        else:
+            from idleak.faces.dlib_onnx import cached_onnx
+            from idleak.faces.runtime import ChipSession
 
-    def analyze(self, images: list[np.ndarray], aligned: bool = False) -> list[list[Face]]:
-        results: list[list[Face]] = []
-        for image in images:
+            path = cached_onnx(det.model_file(RESNET_FILE), _cache_root(cache_root))
+            self._session = ChipSession(path, device=device, threads=threads, batch_size=batch_size,
+                                        label=f"{RESNET_FILE} (ONNX port)")
+            self.device_note = self._session.note
+            self.batched = True
+
+    def prepare(self, image: np.ndarray, aligned: bool = False) -> list[FaceChip]:
+        found = [(det.full_frame(image), float("nan"))] if aligned else det.detect(image, self.detector)
+        faces = []
+        for rect, score in found:
+            shape = self._predictor(image, rect)
             if aligned:
-                found = [(det.full_frame(image), float("nan"))]
-            else:
-                found = det.detect(image)
-            faces = []
-            for rect, score in found:
-                shape = self._predictor(image, rect)
-                if aligned:
-                    shape = self._refine(image, shape)
-                vector = np.asarray(self._net.compute_face_descriptor(image, shape), dtype=np.float32)
-                faces.append(Face(det.box_of(rect), score, det.points_of(shape), l2_normalize(vector)))
-            results.append(faces)
-        return results
+                shape = self._refine(image, shape)
+            chip = np.asarray(dlib.get_face_chip(image, shape, CHIP_SIZE, CHIP_PADDING), dtype=np.uint8)
+            faces.append(FaceChip(det.box_of(rect), score, det.points_of(shape), chip))
+        return faces
+
+    def embed_chips(self, chips: list[np.ndarray]) -> list[np.ndarray | str]:
+        if not chips:
+            return []
+        if self._session is None:
+            return [l2_normalize(np.asarray(self._net.compute_face_descriptor(chip), np.float32)) for chip in chips]
+        return [r if isinstance(r, str) else l2_normalize(r) for r in self._session.run(chips)]
 
     def _refine(self, image: np.ndarray, shape: dlib.full_object_detection) -> dlib.full_object_detection:
         """For a crop with no detection: re-fit the landmarks in the box they imply (twice)."""
@@ -47,3 +85,13 @@ class DlibEmbedder(Embedder):
             rect = det.box_from_five_points(det.points_of(shape), width, height)
             shape = self._predictor(image, rect)
         return shape
+
+
+def _cache_root(cache_root: str | None):
+    from pathlib import Path
+
+    if cache_root:
+        return Path(cache_root)
+    from idleak.api import default_cache_root  # lazy: api imports this package
+
+    return default_cache_root()
