@@ -95,16 +95,20 @@ class Workspace:
         faces = faces or self.faces
         source = spec if isinstance(spec, Source) else open_source(spec, role)
         records, dropped = apply_exclusions(source.records, exclude or {})
-        if source.kind == "store":
+        if source.kind == "store":  # read-only: its dataset's hashes, in the mode it was embedded in
             store = EmbeddingStore.open(source.store_path, self.model_id)
-            modes = set(store.rows().aligned.tolist())
-            if len(modes) == 1:  # read a store in the mode it was embedded in
-                aligned = modes.pop()
-            found = load_faces(records, store, aligned=aligned, faces=faces)
+            hash_of = dict(zip((r.path for r in source.records), source.hashes or []))
+            found = load_faces(records, store, aligned=bool(source.aligned), faces=faces,
+                               hashes=[hash_of.get(r.path) for r in records])
+            stats = EmbedStats(n_records=len(records), n_cached=len(records))
+        elif source.kind == "table":
+            from idleak.store.tables import table_faces
+
+            found = table_faces(source.store_path, role, self.model_id, self.embedder.dim)
             stats = EmbedStats(n_records=len(records), n_cached=len(records))
         else:
             progress = self.progress(f"embedding {role}") if self.progress and not quiet else None
-            hashes = hash_records(records)
+            hashes = hash_records(records, cache=self.store.file_hashes)
             stats = embed_records(records, self.store, self.spec, aligned=aligned, workers=self.workers,
                                   progress=progress, embedder=self.embedder, hashes=hashes)
             found = load_faces(records, self.store, aligned=aligned, faces=faces, hashes=hashes)
@@ -165,17 +169,21 @@ def _norm(path: str | os.PathLike[str]) -> str:
 
 def embed(path: str | os.PathLike[str], store: str | os.PathLike[str], model: str = "dlib", aligned: bool = False,
           workers: int | None = None, progress: ProgressFactory | None = None, flush_every: int = 256,
-          **model_options: object) -> tuple[EmbedStats, EmbeddingStore]:
-    """Embed a folder or manifest into ``store`` (created if needed), skipping what it holds."""
+          name: str | None = None, **model_options: object) -> tuple[EmbedStats, EmbeddingStore]:
+    """Embed a folder or manifest into ``store`` (created if needed), skipping what it holds, and record
+    it as the store's dataset ``name`` (default: the folder or manifest name)."""
     spec = parse_model(model, **model_options)
     embedder = load_embedder(spec)
     source = open_source(path, "input")
-    if source.kind == "store":
-        raise IdleakError(f"{path} is already a store")
+    if source.kind in ("store", "table"):
+        raise IdleakError(f"{path} is already embedded (a {source.kind})")
+    name = name or re.sub(r"[^A-Za-z0-9._-]+", "_", Path(os.path.abspath(path)).stem).strip("_.-") or "dataset"
     target = EmbeddingStore.create(store, embedder.model_id, embedder.dim)
+    hashes = hash_records(source.records, cache=target.file_hashes)
     stats = embed_records(source.records, target, spec, aligned=aligned, workers=workers,
                           progress=progress("embedding") if progress else None, flush_every=flush_every,
-                          embedder=embedder)
+                          embedder=embedder, hashes=hashes)
+    target.write_dataset(name, source.records, hashes, aligned)
     return stats, target
 
 

@@ -98,6 +98,7 @@ def register(app: typer.Typer) -> None:
         aligned: Annotated[bool, typer.Option("--aligned", help="Images are aligned face crops: no detection.")] = False,
         workers: Workers = None,
         flush_every: Annotated[int, typer.Option(help="Write a store part every N images.")] = 256,
+        name: Annotated[str | None, typer.Option("--name", help="Dataset name inside the store (default: the folder name); read it back as STORE or STORE::NAME.")] = None,
         input_mean: InputMean = None,
         input_std: InputStd = None,
         bgr: Bgr = False,
@@ -109,7 +110,7 @@ def register(app: typer.Typer) -> None:
         _terminate_as_interrupt()
         with RichProgress() as progress:
             stats, target = embed(path, store, model=model, aligned=aligned, workers=workers, progress=progress,
-                                  flush_every=flush_every, **model_options(input_mean, input_std, bgr, batch_size))
+                                  flush_every=flush_every, name=name, **model_options(input_mean, input_std, bgr, batch_size))
         reasons = dict(stats.reasons)
         if stats.n_missing:
             reasons["unreadable"] = stats.n_missing
