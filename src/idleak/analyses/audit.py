@@ -29,6 +29,9 @@ class ThresholdOptions:
     threshold: float | None = None
     block_size: int = 65_536
     null_queries: int | None = 50_000  # LOIO null from at most this many real faces (random sample)
+    search: str = "exact"  # exact | ivf | auto (idleak.search.topk engines)
+    device: str = "cpu"  # cpu | cuda (exact search as torch matrix products on that device)
+    search_margin: float = 0.05  # ivf: queries scoring above threshold - margin are re-searched exactly
 
 
 @dataclass
@@ -101,8 +104,9 @@ def run_audit(synthetic: FaceSet, real: FaceSet, model_id: str, options: AuditOp
     if len(synthetic) == 0:
         raise IdleakError("SYN has no usable faces (see excluded.csv)")
     k = min(options.top_k, len(real))
+    threshold = calibrate(real, model_id, options, progress)
     result = topk(synthetic.vectors, real.vectors, k, block_size=options.block_size,
-                  progress=progress("searching") if progress else None)
+                  progress=progress("searching") if progress else None, **search_options(options, threshold))
     hub_rows = find_hubs(result.indices[:, 0], len(real), options.alpha)
     hubs = [
         {"real_path": str(real.paths[row]), "real_identity": real.identities[row], "count": count, "p_value": p}
@@ -115,8 +119,9 @@ def run_audit(synthetic: FaceSet, real: FaceSet, model_id: str, options: AuditOp
         real.excluded = real.excluded + [(h["real_path"], "hub", f"nearest neighbour of {h['count']} synthetic faces")
                                          for h in hubs]
         k = min(options.top_k, len(real))
-        result = topk(synthetic.vectors, real.vectors, k, block_size=options.block_size)
-    threshold = calibrate(real, model_id, options, progress)
+        threshold = calibrate(real, model_id, options, progress)
+        result = topk(synthetic.vectors, real.vectors, k, block_size=options.block_size,
+                      **search_options(options, threshold))
     nearest = result.scores[:, 0]
     leak = nearest > threshold.value
     n_flagged = int(leak.sum())
@@ -124,7 +129,15 @@ def run_audit(synthetic: FaceSet, real: FaceSet, model_id: str, options: AuditOp
     pairs = global_top_pairs(synthetic.vectors, real.vectors, options.top_pairs, result=result,
                              block_size=options.block_size)
     counts = identity_counts(synthetic, real, result.indices[:, 0], leak)
+    counts["search"] = {"engine": result.engine, "device": options.device, "n_rescored_exactly": result.n_rescored,
+                        "n_queries_exact": int(result.exact.sum()), "n_queries": len(synthetic)}
     return AuditResult(threshold, synthetic, real, result.scores, result.indices, leak, p_value, hubs, pairs, counts)
+
+
+def search_options(options: ThresholdOptions, threshold: Threshold) -> dict:
+    """Engine, device and, for ivf, the bound above which queries are re-searched exactly."""
+    return {"engine": options.search, "device": options.device,
+            "bound": threshold.value - options.search_margin}
 
 
 def identity_counts(synthetic: FaceSet, real: FaceSet, nearest: np.ndarray, leak: np.ndarray) -> dict:

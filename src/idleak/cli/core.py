@@ -56,6 +56,8 @@ def register(app: typer.Typer) -> None:
         aligned_synthetic: Annotated[bool, typer.Option("--aligned-synthetic", help="Only SYN images are aligned crops (DCFace, IDiff-Face ...).")] = False,
         aligned_real: Annotated[bool, typer.Option("--aligned-real", help="Only REAL images are aligned crops.")] = False,
         fail_on_leak: Annotated[bool, typer.Option("--fail-on-leak", help="Exit with code 1 when the p-value is below alpha.")] = False,
+        search: Annotated[str, typer.Option("--search", help="exact, ivf (FAISS IVF candidates; every face near the threshold searched again exactly) or auto (ivf for large sets).")] = "exact",
+        device: Annotated[str, typer.Option("--device", help="cpu, or cuda for exact search on a GPU (needs torch).")] = "cpu",
         cache: Cache = None,
         workers: Workers = None,
         input_mean: InputMean = None,
@@ -74,7 +76,7 @@ def register(app: typer.Typer) -> None:
 
         _terminate_as_interrupt()
         options = AuditOptions(alpha=alpha, top_k=top_k, method=method, fmr=fmr, threshold=threshold,
-                               exclude_hubs=exclude_hubs)
+                               exclude_hubs=exclude_hubs, search=search, device=device)
         with RichProgress() as progress:
             result = audit(synthetic, real, out_dir, model=model, cache=cache, options=options, exclude=exclude,
                            faces=faces, aligned_synthetic=aligned or aligned_synthetic,
