@@ -23,13 +23,7 @@ from idleak.analyses.audit import AuditOptions, AuditResult, run_audit
 from idleak.embedding import EmbedStats, FaceSet, embed_records, hash_records, load_faces
 from idleak.errors import IdleakError
 from idleak.faces import Embedder, EmbedderSpec, load_embedder, parse_model
-from idleak.outputs import (
-    PAIR_COLUMNS,
-    PAIR_EXTRA_COLUMNS,
-    write_excluded,
-    write_summary_and_report,
-    write_table,
-)
+from idleak.outputs import write_excluded, write_pairs, write_summary_and_report
 from idleak.sources import Record, Source, open_source
 from idleak.store import EmbeddingStore
 
@@ -211,7 +205,7 @@ def audit(synthetic: str | os.PathLike[str], real: str | os.PathLike[str], out: 
     search_seconds = time.perf_counter() - t0
     excluded += [e for e in result.real.excluded if e[1] == "hub"]
     reasons = write_excluded(out / "excluded.csv", excluded)
-    write_table(pair_rows(result), PAIR_COLUMNS + PAIR_EXTRA_COLUMNS, out / "pairs.csv", csv_columns=PAIR_COLUMNS)
+    write_pairs(out / "pairs.csv", result.synthetic, result.real, result.scores, result.indices, result.threshold.value)
     np.savez_compressed(out / "scores.npz", nearest=result.nearest.astype(np.float32),
                         null=np.asarray(result.threshold.null, np.float32))
     summary = audit_summary(result, options, ws, syn, ref, reasons)
@@ -221,25 +215,6 @@ def audit(synthetic: str | os.PathLike[str], real: str | os.PathLike[str], out: 
 
     result.summary = write_summary_and_report(out, summary, started, write_audit_report if report else None)
     return result
-
-
-def pair_rows(result: AuditResult) -> list[dict]:
-    """One row per synthetic face and rank, as in pairs.csv."""
-    syn, real = result.synthetic, result.real
-    rows = []
-    for q in range(len(syn)):
-        for rank in range(result.indices.shape[1]):
-            j = int(result.indices[q, rank])
-            if j < 0:
-                continue
-            score = float(result.scores[q, rank])
-            rows.append({
-                "synthetic_path": str(syn.paths[q]), "synthetic_identity": syn.identities[q], "rank": rank + 1,
-                "real_path": str(real.paths[j]), "real_identity": real.identities[j], "similarity": score,
-                "leak": bool(score > result.threshold.value),
-                "synthetic_box": _box(syn.boxes[q]), "real_box": _box(real.boxes[j]),
-            })
-    return rows
 
 
 def _box(box: np.ndarray) -> list[float] | None:
