@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from idleak import __version__
+from idleak import __version__, scale
 from idleak.analyses.audit import AuditOptions, AuditResult, run_audit
-from idleak.embedding import EmbedStats, FaceSet, embed_records, hash_records, load_faces
+from idleak.embedding import EmbedStats, FaceSet, default_workers, embed_records, hash_records, load_faces
 from idleak.errors import IdleakError
 from idleak.faces import Embedder, EmbedderSpec, load_embedder, parse_model
 from idleak.outputs import write_excluded, write_pairs, write_summary_and_report
@@ -185,7 +185,8 @@ def audit(synthetic: str | os.PathLike[str], real: str | os.PathLike[str], out: 
           model: str = "dlib", cache: str | os.PathLike[str] | None = None, options: AuditOptions | None = None,
           exclude: str | os.PathLike[str] | None = None, faces: str = "largest", aligned_synthetic: bool = False,
           aligned_real: bool = False, workers: int | None = None, progress: ProgressFactory | None = None,
-          report: bool = True, workspace: Workspace | None = None, **model_options: object) -> AuditResult:
+          report: bool = True, workspace: Workspace | None = None,
+          on_plan: Callable[[scale.Plan], object] | None = None, **model_options: object) -> AuditResult:
     """Run the leakage audit and write summary.json, pairs.csv/.parquet, excluded.csv and report.html to ``out``."""
     started = time.perf_counter()
     options = options or AuditOptions()
@@ -196,6 +197,13 @@ def audit(synthetic: str | os.PathLike[str], real: str | os.PathLike[str], out: 
     # validate both inputs before spending time on either
     syn_source, real_source = open_source(synthetic, "SYN"), open_source(real, "REAL")
     ws = workspace or Workspace(model, cache, workers, progress, faces, **model_options)
+    plan = scale.plan_audit(len(syn_source.records), len(real_source.records), ws.embedder.dim, options.search,
+                            options.top_k, scale.pending_images(len(syn_source.records), syn_source.kind)
+                            + scale.pending_images(len(real_source.records), real_source.kind),
+                            ws.workers or default_workers(), options.null_queries)
+    if on_plan:
+        on_plan(plan)
+    scale.check_memory(plan)
     out.mkdir(parents=True, exist_ok=True)
     syn = ws.prepare(syn_source, "SYN", aligned_synthetic, exclusions)
     ref = ws.prepare(real_source, "REAL", aligned_real, exclusions)

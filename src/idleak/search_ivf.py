@@ -21,6 +21,8 @@ from idleak.search import (
 
 #: queries per coarse-assignment chunk (a chunk x nlist score matrix lives in memory)
 IVF_QUERY_CHUNK = 4096
+#: lowered re-search bound = lowest IVF best of a sampled query that reaches the bound, minus this
+CHECK_SAFETY = 0.02
 #: k-means sees at most this many training vectors per cluster
 TRAIN_PER_LIST = 64
 
@@ -82,6 +84,7 @@ def ivf_topk(
     nlist: int | None = None,
     nprobe: int | None = None,
     ivf: IvfGallery | None = None,
+    check: int = 1000,
 ) -> TopK:
     """IVF top-k with exact scores; see ``idleak.search`` for the contract of ``exact`` and ``bound``."""
     queries = _as_float32(queries)
@@ -120,7 +123,18 @@ def ivf_topk(
         if progress:
             progress(step, steps)
     rescored = 0
-    if bound is not None:
+    if bound is not None and n_query:
+        # calibrate the re-search bound on an exact sample: every sampled query whose true best reaches
+        # ``bound`` must have an IVF best at or above the bound used (minus a safety margin)
+        sample = np.sort(np.random.default_rng(0).choice(n_query, min(check, n_query), replace=False))
+        truth = exact_topk(queries[sample], gallery, k, query_groups[sample] if exclude else None,
+                           gallery_groups if exclude else None, block_size=block_size)
+        reach = truth.scores[:, 0] >= bound
+        if reach.any():
+            bound = min(bound, float(best_scores[sample[reach], 0].min()) - CHECK_SAFETY)
+        best_scores[sample], best_index[sample] = truth.scores, truth.indices
+        exact[sample] = True
+        rescored = len(sample)
         again = np.flatnonzero(~exact & (best_scores[:, 0] >= bound))
         if len(again):
             sub = exact_topk(queries[again], gallery, k,
@@ -128,5 +142,5 @@ def ivf_topk(
                              block_size=block_size)
             best_scores[again], best_index[again] = sub.scores, sub.indices
             exact[again] = True
-            rescored = len(again)
-    return TopK(best_scores, best_index, exact, "ivf", rescored)
+            rescored += len(again)
+    return TopK(best_scores, best_index, exact, "ivf", rescored, bound)

@@ -130,7 +130,8 @@ def run_audit(synthetic: FaceSet, real: FaceSet, model_id: str, options: AuditOp
                              block_size=options.block_size)
     counts = identity_counts(synthetic, real, result.indices[:, 0], leak)
     counts["search"] = {"engine": result.engine, "device": options.device, "n_rescored_exactly": result.n_rescored,
-                        "n_queries_exact": int(result.exact.sum()), "n_queries": len(synthetic)}
+                        "n_queries_exact": int(result.exact.sum()), "n_queries": len(synthetic),
+                        "rescore_bound": result.bound_used}
     return AuditResult(threshold, synthetic, real, result.scores, result.indices, leak, p_value, hubs, pairs, counts)
 
 

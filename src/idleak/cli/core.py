@@ -81,6 +81,7 @@ def register(app: typer.Typer) -> None:
             result = audit(synthetic, real, out_dir, model=model, cache=cache, options=options, exclude=exclude,
                            faces=faces, aligned_synthetic=aligned or aligned_synthetic,
                            aligned_real=aligned or aligned_real, workers=workers, progress=progress,
+                           on_plan=lambda plan: out.print(plan.text, markup=False),
                            **model_options(input_mean, input_std, bgr, batch_size))
         s = result.summary
         warn_excluded(s["excluded"], out_dir / "excluded.csv")
