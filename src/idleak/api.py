@@ -63,12 +63,18 @@ class Workspace:
 
     def __init__(self, model: str | EmbedderSpec = "dlib", cache: str | os.PathLike[str] | None = None,
                  workers: int | None = None, progress: ProgressFactory | None = None,
-                 faces: str = "largest", **model_options: object) -> None:
+                 faces: str = "largest", engine: str = "local", ray_address: str | None = None,
+                 **model_options: object) -> None:
         self.spec = model if isinstance(model, EmbedderSpec) else parse_model(model, **model_options)
         self.embedder: Embedder = load_embedder(self.spec)
         self.cache = cache
         self.store = store_for(self.embedder.model_id, cache, self.embedder.dim)
         self.workers = workers
+        self.engine, self.ray_address = engine, ray_address  # where embedding runs: local processes or Ray
+        if engine == "ray":  # a cluster that does not answer is an error before any work
+            from idleak.ray_engine import connect
+
+            connect(ray_address)
         self.progress = progress
         if faces not in ("largest", "all"):
             raise IdleakError(f"--faces must be 'largest' or 'all', not {faces!r}")
@@ -104,7 +110,8 @@ class Workspace:
             progress = self.progress(f"embedding {role}") if self.progress and not quiet else None
             hashes = hash_records(records, cache=self.store.file_hashes)
             stats = embed_records(records, self.store, self.spec, aligned=aligned, workers=self.workers,
-                                  progress=progress, embedder=self.embedder, hashes=hashes)
+                                  progress=progress, embedder=self.embedder, hashes=hashes, engine=self.engine,
+                                  ray_address=self.ray_address)
             found = load_faces(records, self.store, aligned=aligned, faces=faces, hashes=hashes)
         found.excluded = dropped + found.excluded
         return Prepared(source, found, stats, time.perf_counter() - start)
@@ -163,7 +170,8 @@ def _norm(path: str | os.PathLike[str]) -> str:
 
 def embed(path: str | os.PathLike[str], store: str | os.PathLike[str], model: str = "dlib", aligned: bool = False,
           workers: int | None = None, progress: ProgressFactory | None = None, flush_every: int = 256,
-          name: str | None = None, **model_options: object) -> tuple[EmbedStats, EmbeddingStore]:
+          name: str | None = None, engine: str = "local", ray_address: str | None = None,
+          **model_options: object) -> tuple[EmbedStats, EmbeddingStore]:
     """Embed a folder or manifest into ``store`` (created if needed), skipping what it holds, and record
     it as the store's dataset ``name`` (default: the folder or manifest name)."""
     spec = parse_model(model, **model_options)
@@ -176,7 +184,7 @@ def embed(path: str | os.PathLike[str], store: str | os.PathLike[str], model: st
     hashes = hash_records(source.records, cache=target.file_hashes)
     stats = embed_records(source.records, target, spec, aligned=aligned, workers=workers,
                           progress=progress("embedding") if progress else None, flush_every=flush_every,
-                          embedder=embedder, hashes=hashes)
+                          embedder=embedder, hashes=hashes, engine=engine, ray_address=ray_address)
     target.write_dataset(name, source.records, hashes, aligned)
     return stats, target
 
@@ -196,7 +204,8 @@ def audit(synthetic: str | os.PathLike[str], real: str | os.PathLike[str], out: 
     exclusions = read_exclusions(exclude)
     # validate both inputs before spending time on either
     syn_source, real_source = open_source(synthetic, "SYN"), open_source(real, "REAL")
-    ws = workspace or Workspace(model, cache, workers, progress, faces, **model_options)
+    ws = workspace or Workspace(model, cache, workers, progress, faces, options.engine, options.ray_address,
+                                **model_options)
     plan = scale.plan_audit(len(syn_source.records), len(real_source.records), ws.embedder.dim, options.search,
                             options.top_k, scale.pending_images(len(syn_source.records), syn_source.kind)
                             + scale.pending_images(len(real_source.records), real_source.kind),

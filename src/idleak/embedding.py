@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from idleak.errors import ImageError
+from idleak.errors import IdleakError, ImageError
 from idleak.faces import Embedder, EmbedderSpec, load_embedder
 from idleak.images import load_rgb
 from idleak.sources import Record
@@ -128,11 +128,16 @@ def embed_records(
     chunk_size: int = 8,
     embedder: Embedder | None = None,
     hashes: list[str | None] | None = None,
+    engine: str = "local",
+    ray_address: str | None = None,
 ) -> EmbedStats:
     """Embed every record the store lacks, on ``workers`` processes, and write them to ``store``.
 
     ``hashes`` (from ``hash_records``) saves reading the files twice when the caller has them.
+    ``engine="ray"`` embeds on a Ray cluster (``ray_address``; None: a local one), one model per actor.
     """
+    if engine not in ("local", "ray"):
+        raise IdleakError(f"--engine must be local or ray, not {engine!r}")
     start = time.perf_counter()
     records = list(records)
     stats = EmbedStats(n_records=len(records))
@@ -151,6 +156,7 @@ def embed_records(
     stats.n_unique = len({h for h in hashes if h is not None})
     stats.n_cached = stats.n_unique - len(todo)
     items = [(r.path, h, r.identity) for h, r in todo.items()]
+    workers_given = workers
     workers = default_workers() if workers is None else max(1, workers)
     done = 0
     total = len(items)
@@ -169,7 +175,13 @@ def embed_records(
             if progress:
                 progress(done, total)
 
-        if workers == 1 or total < 2 * chunk_size:
+        if engine == "ray":
+            from idleak.ray_engine import ray_embed_rows
+
+            for rows in ray_embed_rows(items, spec, aligned, actors=None if workers_given is None else workers,
+                                       address=ray_address):
+                take([rows])
+        elif workers == 1 or total < 2 * chunk_size:
             local = embedder or load_embedder(spec)
             for path, content_hash, identity in items:
                 take([image_rows(local, path, content_hash, identity, aligned)])

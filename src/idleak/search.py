@@ -7,6 +7,7 @@
   top-k. Memory is bounded by the block and chunk sizes, not by the dataset sizes.
 - ``torch``: the same blocked search as matrix products and ``torch.topk`` on ``device`` ("cuda" for
   a GPU, "cpu" otherwise); results equal ``exact`` (ties aside).
+- ``ray``: the exact engine on gallery shards spread over a Ray cluster, merged (``idleak.ray_engine``).
 - ``ivf``: a FAISS ``IndexIVFFlat`` (inner product) finds candidates in the ``nprobe`` nearest of
   ``nlist`` clusters; stored vectors are full precision, so every score returned is exact.
 
@@ -43,7 +44,7 @@ DEFAULT_QUERY_CHUNK = 16_384
 ProgressFn = Callable[[int, int], None]
 
 
-ENGINES = ("exact", "ivf", "torch", "auto")
+ENGINES = ("exact", "ivf", "torch", "ray", "auto")
 #: ``auto`` picks ivf above this many query x gallery products (and a gallery of at least IVF_MIN_GALLERY)
 AUTO_IVF_PRODUCTS = 5e10
 IVF_MIN_GALLERY = 200_000
@@ -103,6 +104,7 @@ def topk(
     device: str = "cpu",
     nlist: int | None = None,
     nprobe: int | None = None,
+    ray_address: str | None = None,
 ) -> TopK:
     """Top-``k`` gallery rows by inner product for every query (see the module doc for the engines).
 
@@ -122,6 +124,11 @@ def topk(
         from idleak.search_ivf import ivf_topk
 
         return ivf_topk(queries, gallery, k, bound=bound, nlist=nlist, nprobe=nprobe, **kwargs)
+    if engine == "ray":
+        from idleak.ray_engine import ray_topk
+
+        return ray_topk(queries, gallery, k, query_groups, gallery_groups, block_size=block_size, progress=progress,
+                        address=ray_address)
     if engine == "torch":
         from idleak.search_torch import torch_topk
 

@@ -32,6 +32,8 @@ class ThresholdOptions:
     search: str = "exact"  # exact | ivf | auto (idleak.search.topk engines)
     device: str = "cpu"  # cpu | cuda (exact search as torch matrix products on that device)
     search_margin: float = 0.05  # ivf: queries scoring above threshold - margin are re-searched exactly
+    engine: str = "local"  # local | ray (exact search sharded over a Ray cluster)
+    ray_address: str | None = None
 
 
 @dataclass
@@ -137,6 +139,12 @@ def run_audit(synthetic: FaceSet, real: FaceSet, model_id: str, options: AuditOp
 
 def search_options(options: ThresholdOptions, threshold: Threshold) -> dict:
     """Engine, device and, for ivf, the bound above which queries are re-searched exactly."""
+    if options.engine == "ray":
+        if options.search not in ("exact", "auto"):
+            raise IdleakError(f"--engine ray runs exact search; --search {options.search} is local only")
+        return {"engine": "ray", "ray_address": options.ray_address}
+    if options.engine != "local":
+        raise IdleakError(f"--engine must be local or ray, not {options.engine!r}")
     return {"engine": options.search, "device": options.device,
             "bound": threshold.value - options.search_margin}
 

@@ -15,6 +15,8 @@ CACHE_HELP = ("Embedding store to reuse across runs. Default: $IDLEAK_CACHE, els
 MODEL_HELP = "Face model: 'dlib' (default, built in) or 'onnx:PATH' for an ArcFace-style 112x112 ONNX model."
 
 Model = Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP)]
+Engine = Annotated[str, typer.Option("--engine", help="local (processes on this machine) or ray (a Ray cluster: embedding as Ray Data batch inference, exact search sharded over nodes).")]
+RayAddress = Annotated[str | None, typer.Option("--ray-address", help="Ray cluster to join (HOST:6379 or ray://HOST:10001); default: start a local one.")]
 Cache = Annotated[Path | None, typer.Option("--cache", help=CACHE_HELP)]
 Workers = Annotated[int | None, typer.Option("--workers", "-j", help="Embedding processes (default: all cores).")]
 InputMean = Annotated[float | None, typer.Option("--input-mean", help="ONNX: subtracted from 0..255 pixels [127.5].")]
@@ -58,6 +60,8 @@ def register(app: typer.Typer) -> None:
         fail_on_leak: Annotated[bool, typer.Option("--fail-on-leak", help="Exit with code 1 when the p-value is below alpha.")] = False,
         search: Annotated[str, typer.Option("--search", help="exact, ivf (FAISS IVF candidates; every face near the threshold searched again exactly) or auto (ivf for large sets).")] = "exact",
         device: Annotated[str, typer.Option("--device", help="cpu, or cuda for exact search on a GPU (needs torch).")] = "cpu",
+        engine: Engine = "local",
+        ray_address: RayAddress = None,
         cache: Cache = None,
         workers: Workers = None,
         input_mean: InputMean = None,
@@ -76,7 +80,8 @@ def register(app: typer.Typer) -> None:
 
         _terminate_as_interrupt()
         options = AuditOptions(alpha=alpha, top_k=top_k, method=method, fmr=fmr, threshold=threshold,
-                               exclude_hubs=exclude_hubs, search=search, device=device)
+                               exclude_hubs=exclude_hubs, search=search, device=device, engine=engine,
+                               ray_address=ray_address)
         with RichProgress() as progress:
             result = audit(synthetic, real, out_dir, model=model, cache=cache, options=options, exclude=exclude,
                            faces=faces, aligned_synthetic=aligned or aligned_synthetic,
@@ -101,6 +106,8 @@ def register(app: typer.Typer) -> None:
         aligned: Annotated[bool, typer.Option("--aligned", help="Images are aligned face crops: no detection.")] = False,
         workers: Workers = None,
         flush_every: Annotated[int, typer.Option(help="Write a store part every N images.")] = 256,
+        engine: Engine = "local",
+        ray_address: RayAddress = None,
         name: Annotated[str | None, typer.Option("--name", help="Dataset name inside the store (default: the folder name); read it back as STORE or STORE::NAME.")] = None,
         input_mean: InputMean = None,
         input_std: InputStd = None,
@@ -113,7 +120,7 @@ def register(app: typer.Typer) -> None:
         _terminate_as_interrupt()
         with RichProgress() as progress:
             stats, target = embed(path, store, model=model, aligned=aligned, workers=workers, progress=progress,
-                                  flush_every=flush_every, name=name, **model_options(input_mean, input_std, bgr, batch_size))
+                                  flush_every=flush_every, name=name, engine=engine, ray_address=ray_address, **model_options(input_mean, input_std, bgr, batch_size))
         reasons = dict(stats.reasons)
         if stats.n_missing:
             reasons["unreadable"] = stats.n_missing
