@@ -3,6 +3,7 @@ vectors with planted near-duplicates (precomputed embeddings: this measures the 
 
     python bench/bench_large.py store  --rows 10000000 --dim 128 --fetch 1000000 --dir /tmp/idleak-bench
     python bench/bench_large.py search --n 1000000 --dim 128 --dups 1000 --sample 100000
+    python bench/bench_large.py ray    --n 100000 --dim 128
 
 ``store``: builds a store of ROWS rows (segments of 10^6 rows, as ``EmbeddingStore.append`` writes
 them), then a fresh process opens it, looks up FETCH random keys and reads their vectors and
@@ -11,6 +12,8 @@ metadata; it prints seconds and the process's peak RSS (VmHWM) against the bare 
 (cosine about 0.96). The ivf engine runs on all of SYN with ``bound = threshold - 0.05``; exact
 search runs on a SAMPLE of SYN (all planted faces included) against all of REAL, and the flags,
 recall@1 and the extrapolated time of a full exact search are compared in the same run.
+``ray``: the search of an N x N audit (k=5, exact) on a local 2-node Ray cluster (1 CPU per node)
+against the local exact engine on the same 2 cores, in the same run; results must be identical.
 """
 
 from __future__ import annotations
@@ -163,6 +166,36 @@ def search(n: int, dim: int, dups: int, sample: int, threshold: float, nprobe: i
     }
 
 
+def ray_overhead(n: int, dim: int) -> dict:
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from idleak.ray_engine import connect, ray_topk
+    from idleak.search import exact_topk
+
+    rng = np.random.default_rng(5)
+    real, syn = unit(rng, n, dim), unit(rng, n, dim)
+    t0 = time.perf_counter()
+    local = exact_topk(syn, real, 5)
+    t_local = time.perf_counter() - t0
+    nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    nodes.add_node(num_cpus=1)
+    nodes.wait_for_nodes()
+    try:
+        t1 = time.perf_counter()
+        connect(nodes.address)
+        t_connect = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        remote = ray_topk(syn, real, 5, shards=8)
+        t_ray = time.perf_counter() - t2
+    finally:
+        ray.shutdown()
+        nodes.shutdown()
+    return {"n": n, "dim": dim, "local_s": t_local, "ray_connect_s": t_connect, "ray_search_s": t_ray,
+            "overhead_search": t_ray / t_local - 1, "overhead_with_connect": (t_ray + t_connect) / t_local - 1,
+            "identical": bool(np.array_equal(local.indices, remote.indices))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
@@ -182,6 +215,9 @@ def main() -> None:
     q.add_argument("--sample", type=int, default=100_000)
     q.add_argument("--threshold", type=float, default=0.8)
     q.add_argument("--nprobe", type=int, default=None)
+    r = sub.add_parser("ray")
+    r.add_argument("--n", type=int, default=100_000)
+    r.add_argument("--dim", type=int, default=128)
     args = parser.parse_args()
     if args.what == "store":
         root = args.dir / f"store-{args.rows}-{args.dim}"
@@ -197,6 +233,8 @@ def main() -> None:
         print(child.stdout.strip())
     elif args.what == "fetch":
         print(json.dumps({"fetch": fetch(args.root, args.fetch)}))
+    elif args.what == "ray":
+        print(json.dumps({"ray": ray_overhead(args.n, args.dim)}))
     else:
         print(json.dumps({"search": search(args.n, args.dim, args.dups, args.sample, args.threshold, args.nprobe)}))
 

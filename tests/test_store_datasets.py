@@ -177,3 +177,30 @@ def test_export_needs_a_name_when_the_store_has_several(tmp_path: Path) -> None:
     store.write_dataset("b", [Record(str(tmp_path / "y.png"))], [None], False)
     with pytest.raises(IdleakError, match="has 2 datasets"):
         export_table(store, tmp_path / "t.parquet")
+
+
+def test_tables_of_another_model_are_audited_with_that_model(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    real = rng.standard_normal((400, 512)).astype(np.float32)
+    syn = np.concatenate([real[:5] + 0.05 * rng.standard_normal((5, 512)).astype(np.float32),
+                          rng.standard_normal((45, 512)).astype(np.float32)])
+
+    def write(path: Path, vectors: np.ndarray, ids: list, model: str | None) -> Path:
+        table = pa.table({"path": [f"{path.stem}/{i}.png" for i in range(len(vectors))], "identity": ids,
+                          "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), vectors.shape[1])})
+        pq.write_table(table.replace_schema_metadata({"model": model}) if model else table, path)
+        return path
+
+    r = write(tmp_path / "real.parquet", real, [f"p{i // 4}" for i in range(400)], "arcface-test")
+    s = write(tmp_path / "syn.parquet", syn, [None] * 50, None)
+    result = idleak("audit", "-s", s, "-r", r, "-o", tmp_path / "out", "--cache", tmp_path / "c")
+    assert result.returncode in (0, 1), result.stderr
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["model"] == "arcface-test" and summary["n_flagged"] >= 5
+    other = write(tmp_path / "other.parquet", syn, [None] * 50, "adaface")
+    result = idleak("audit", "-s", other, "-r", r, "-o", tmp_path / "o2")
+    assert result.returncode == 2 and "different models" in result.stderr
+    small = write(tmp_path / "small.parquet", syn[:, :128].copy(), [None] * 50, None)
+    result = idleak("audit", "-s", small, "-r", r, "-o", tmp_path / "o3")
+    assert result.returncode == 2 and "different dimensions" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -26,6 +26,7 @@ from idleak.faces import Embedder, EmbedderSpec, load_embedder, parse_model
 from idleak.outputs import write_excluded, write_pairs, write_summary_and_report
 from idleak.sources import Record, Source, open_source
 from idleak.store import EmbeddingStore
+from idleak.store.tables import tables_model
 
 ProgressFactory = Callable[[str], Callable[[int, int], None]]
 
@@ -71,6 +72,7 @@ class Workspace:
         self.store = store_for(self.embedder.model_id, cache, self.embedder.dim)
         self.workers = workers
         self.engine, self.ray_address = engine, ray_address  # where embedding runs: local processes or Ray
+        self.tables_model: str | None = None  # set when every input is an embedding table of that model
         if engine == "ray":  # a cluster that does not answer is an error before any work
             from idleak.ray_engine import connect
 
@@ -104,7 +106,9 @@ class Workspace:
         elif source.kind == "table":
             from idleak.store.tables import table_faces
 
-            found = table_faces(source.store_path, role, self.model_id, self.embedder.dim)
+            own = self.tables_model is not None  # every input is a table: its model, not --model, is the run's
+            found = table_faces(source.store_path, role, self.tables_model or self.model_id,
+                                None if own else self.embedder.dim)
             stats = EmbedStats(n_records=len(records), n_cached=len(records))
         else:
             progress = self.progress(f"embedding {role}") if self.progress and not quiet else None
@@ -206,6 +210,7 @@ def audit(synthetic: str | os.PathLike[str], real: str | os.PathLike[str], out: 
     syn_source, real_source = open_source(synthetic, "SYN"), open_source(real, "REAL")
     ws = workspace or Workspace(model, cache, workers, progress, faces, options.engine, options.ray_address,
                                 **model_options)
+    ws.tables_model = tables_model([syn_source, real_source])
     plan = scale.plan_audit(len(syn_source.records), len(real_source.records), ws.embedder.dim, options.search,
                             options.top_k, scale.pending_images(len(syn_source.records), syn_source.kind)
                             + scale.pending_images(len(real_source.records), real_source.kind),
@@ -218,7 +223,7 @@ def audit(synthetic: str | os.PathLike[str], real: str | os.PathLike[str], out: 
     ref = ws.prepare(real_source, "REAL", aligned_real, exclusions)
     excluded = [(p, r, d) for p, r, d in syn.faces.excluded] + [(p, r, d) for p, r, d in ref.faces.excluded]
     t0 = time.perf_counter()
-    result = run_audit(syn.faces, ref.faces, ws.model_id, options, progress=ws.progress)
+    result = run_audit(syn.faces, ref.faces, ws.tables_model or ws.model_id, options, progress=ws.progress)
     search_seconds = time.perf_counter() - t0
     excluded += [e for e in result.real.excluded if e[1] == "hub"]
     reasons = write_excluded(out / "excluded.csv", excluded)
@@ -295,7 +300,7 @@ def audit_summary(result: AuditResult, options: AuditOptions, ws: Workspace, syn
         "excluded_synthetic": dict(Counter(r for _, r, _ in syn.faces.excluded)),
         "excluded_real": dict(Counter(r for _, r, _ in result.real.excluded)),
         "n_excluded": int(sum(reasons.values())),
-        "model": ws.model_id,
+        "model": ws.tables_model or ws.model_id,
         "inputs": {"synthetic": syn.source.spec, "real": ref.source.spec, "store": str(ws.store.root),
                    "faces": ws.faces},
         "embedding": {"synthetic": vars(syn.stats) | {"reasons": dict(syn.stats.reasons)},

@@ -32,6 +32,27 @@ def table_model(path: str | os.PathLike[str]) -> str | None:
     return value.decode() if value else None
 
 
+def tables_model(sources: list) -> str | None:
+    """When every source is an embedding table: their common ``model`` (``"table"`` if none says), which
+    then is the run's model; ``IdleakError`` if two tables name different models. Else None."""
+    if not sources or any(s.kind != "table" for s in sources):
+        return None
+    models = {s.spec: table_model(s.store_path) for s in sources}
+    named = {m for m in models.values() if m}
+    if len(named) > 1:
+        raise IdleakError("embedding tables of different models: " + ", ".join(f"{k} ({v or 'no model'})"
+                                                                              for k, v in models.items()))
+    dims = {}
+    for s in sources:
+        kind = _open(Path(s.store_path), "input").schema_arrow.field("vector").type
+        if pa.types.is_fixed_size_list(kind):
+            dims[s.spec] = kind.list_size
+    if len(set(dims.values())) > 1:
+        listed = ", ".join(f"{k} ({v})" for k, v in dims.items())
+        raise IdleakError(f"embedding tables of different dimensions: {listed}")
+    return named.pop() if named else "table"
+
+
 def _open(path: Path, role: str) -> pq.ParquetFile:
     try:
         handle = pq.ParquetFile(path)
