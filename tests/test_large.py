@@ -74,3 +74,21 @@ def test_a_plan_that_cannot_fit_is_refused_with_the_option_that_fits(tables: dic
     tight = str(int((real_only + exact.bytes) / 2 / 0.85))  # REAL fits, not all of SYN with it
     result = audit(tables, tmp_path / "b", env={"IDLEAK_MEMORY_BYTES": tight})
     assert result.returncode == 2 and "split SYN into parts of at most" in result.stderr
+
+
+def test_a_disk_that_fills_while_writing_pairs_is_one_line_and_keeps_nothing_half_written(
+        tables: dict, tmp_path: Path) -> None:
+    import resource
+    import signal
+
+    def small_files() -> None:  # files may not grow past 300 KB: writes fail with EFBIG, like a full disk
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, 300_000))
+
+    result = subprocess.run([sys.executable, "-m", "idleak", "audit", "-s", str(tables["syn"]), "-r",
+                             str(tables["real"]), "-o", str(tmp_path / "out"), "--cache", str(tmp_path / "c")],
+                            capture_output=True, text=True, timeout=600, preexec_fn=small_files)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2 and "Traceback" not in result.stderr and len(errors) == 1  # (progress bars aside)
+    assert "cannot write" in errors[0] and "pairs.csv: File too large" in errors[0]
+    assert not list((tmp_path / "out").glob("pairs*")) and not list((tmp_path / "out").glob("*.tmp"))

@@ -163,3 +163,35 @@ def test_store_of_another_model_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="not an idleak store"):
         EmbeddingStore.open(tmp_path)
     assert os.path.isdir(tmp_path / "s" / "meta")
+
+
+def test_a_full_disk_during_an_append_is_one_line_and_leaves_the_store_intact(tmp_path: Path) -> None:
+    script = r'''
+import resource, signal, sys
+import numpy as np, pyarrow as pa
+from idleak.errors import StoreError
+from idleak.store import EmbeddingStore, meta_schema
+
+def rows(start, n):
+    hashes = [f"{i:032x}" for i in range(start, start + n)]
+    cols = {c: pa.nulls(n, meta_schema().field(c).type) for c in meta_schema().names}
+    cols.update(hash=pa.array(hashes), aligned=pa.array([True] * n), face=pa.array([0] * n, pa.int16()),
+                n_faces=pa.array([1] * n, pa.int16()))
+    return pa.table(cols, schema=meta_schema()), np.ones((n, 64), np.float32)
+
+store = EmbeddingStore.create(sys.argv[1], "m", 64)
+store.append(*rows(0, 100))
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))  # writes past 200 KB fail, like a full disk
+try:
+    store.append(*rows(100, 5000))
+except StoreError as exc:
+    print("ERROR", exc)
+'''
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "s")], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "ERROR cannot write to store" in result.stdout and "File too large" in result.stdout
+    store = EmbeddingStore.open(tmp_path / "s")
+    assert len(store) == 100 and (tmp_path / "s" / "vectors.f32").stat().st_size == 100 * 64 * 4
+    assert not list((tmp_path / "s").rglob("*.tmp")) and len(store.segments()) == 1

@@ -432,19 +432,29 @@ class EmbeddingStore:
             if meta.num_rows == 0:
                 return 0
             path = self.root / "vectors.f32"
-            with open(path, "r+b") as handle:
-                handle.truncate(first * self._row_bytes)  # a killed writer's tail
-                handle.seek(first * self._row_bytes)
-                handle.write(vectors.tobytes())
-                handle.flush()
-                os.fsync(handle.fileno())
-            keys, values = _group_keys(meta, first)
-            keyindex.write_run(self.root / "keys", f"{number:08d}", keys, values, _atomic_save)
             final = self.root / "meta" / f"{number:08d}-{first}-{meta.num_rows}.parquet"
             tmp = final.with_name(final.name + ".tmp")
-            pq.write_table(meta, tmp)
-            _fsync_file(tmp)
-            os.replace(tmp, final)  # the commit point
+            try:
+                with open(path, "r+b") as handle:
+                    handle.truncate(first * self._row_bytes)  # a killed writer's tail
+                    handle.seek(first * self._row_bytes)
+                    handle.write(vectors.tobytes())
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                keys, values = _group_keys(meta, first)
+                keyindex.write_run(self.root / "keys", f"{number:08d}", keys, values, _atomic_save)
+                pq.write_table(meta, tmp)
+                _fsync_file(tmp)
+                os.replace(tmp, final)  # the commit point
+            except OSError as exc:  # disk full, quota, read-only: the committed store stays as it was
+                tmp.unlink(missing_ok=True)
+                for suffix in (".key.npy", ".val.npy", ".key.npy.tmp", ".val.npy.tmp"):
+                    (self.root / "keys" / f"{number:08d}{suffix}").unlink(missing_ok=True)
+                try:
+                    os.truncate(path, first * self._row_bytes)
+                except OSError:
+                    pass  # cleaned on the next open
+                raise StoreError(f"cannot write to store {self.root}: {exc.strerror or exc}") from None
             _fsync_dir(final.parent)
             self.invalidate()
             self._maybe_merge()
