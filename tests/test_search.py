@@ -60,3 +60,65 @@ def test_global_top_pairs_exact_when_one_query_dominates() -> None:
     flat = np.sort(sims.ravel())[::-1][:20]
     np.testing.assert_allclose([s for _, _, s in pairs], flat, atol=1e-5)
     assert sum(1 for qi, _, _ in pairs if qi == 0) > 3  # more than k pairs from the dominating query
+
+
+def planted(n_gallery: int, n_query: int, d: int, n_dup: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random unit vectors; the first ``n_dup`` queries are noisy copies of gallery rows 0..n_dup-1."""
+    g, q = unit(n_gallery, d, seed), unit(n_query, d, seed + 1)
+    q[:n_dup] = l2_normalize(g[:n_dup] + 0.04 * unit(n_dup, d, seed + 2))
+    return q, g
+
+
+def test_ivf_scores_are_exact_and_every_face_near_the_threshold_is_searched_exhaustively() -> None:
+    q, g = planted(20_000, 2_000, 32, 50, 7)
+    exact = topk(q, g, 5)
+    threshold = 0.9
+    result = topk(q, g, 5, engine="ivf", bound=threshold - 0.05, nlist=64, nprobe=4)
+    assert result.engine == "ivf" and not result.guaranteed  # random data: most queries uncertified
+    certified = result.exact
+    assert result.n_rescored >= 50 and certified[:50].all()
+    np.testing.assert_allclose(result.scores[certified], exact.scores[certified], atol=1e-5)
+    assert (result.indices[certified] == exact.indices[certified]).mean() > 0.999
+    # every score returned is an exact inner product of the pair it names
+    rows = np.repeat(np.arange(len(q)), 5)
+    np.testing.assert_allclose(result.scores.ravel(), (q[rows] * g[result.indices.ravel()]).sum(1), atol=1e-5)
+    # the decision at the threshold is the exact one
+    assert np.array_equal(result.scores[:, 0] > threshold, exact.scores[:, 0] > threshold)
+
+
+def test_ivf_certificate_holds_on_clustered_data_with_groups() -> None:
+    rng = np.random.default_rng(5)
+    centres = unit(40, 16, 11)
+    g = l2_normalize(np.repeat(centres, 100, axis=0) + 0.05 * rng.standard_normal((4000, 16)))
+    groups = np.repeat(np.arange(40), 100)
+    result = topk(g, g, 3, query_groups=groups, gallery_groups=groups, engine="ivf", nlist=40, nprobe=2)
+    exact = topk(g, g, 3, query_groups=groups, gallery_groups=groups)
+    assert result.exact.any()  # tight clusters: the bound proves some queries exact without re-search
+    np.testing.assert_allclose(result.scores[result.exact], exact.scores[result.exact], atol=1e-5)
+    found = result.indices >= 0
+    assert not np.any((groups[result.indices] == groups[:, None]) & found)
+    assert found[result.exact].all()  # a query short of k candidates is never called exact
+
+
+def test_torch_engine_on_cpu_equals_exact_search() -> None:
+    q, g = planted(3000, 500, 32, 20, 3)
+    groups = np.arange(3000) % 50
+    exact = topk(q, g, 4, query_groups=np.arange(500) % 50, gallery_groups=groups)
+    result = topk(q, g, 4, query_groups=np.arange(500) % 50, gallery_groups=groups, engine="torch",
+                  block_size=1000, query_chunk=128)
+    np.testing.assert_allclose(result.scores, exact.scores, atol=1e-5)
+    assert (result.indices == exact.indices).mean() > 0.999 and result.guaranteed
+
+
+def test_engine_and_device_are_validated() -> None:
+    import pytest
+
+    from idleak.errors import IdleakError
+    from idleak.search import choose_engine
+
+    q, g = planted(100, 10, 8, 1, 1)
+    with pytest.raises(IdleakError, match="--search must be one of"):
+        topk(q, g, 1, engine="hnsw")
+    with pytest.raises(IdleakError, match="--device must be"):
+        topk(q, g, 1, device="tpu")
+    assert choose_engine("auto", 1000, 1000) == "exact" and choose_engine("auto", 10**6, 10**6) == "ivf"

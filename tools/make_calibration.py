@@ -94,7 +94,8 @@ def fit(vectors: np.ndarray, groups: np.ndarray, seed: int = 0, block: int = 100
     s, a, b, w = s[keep], a[keep], b[keep], w[keep]
     order = np.argsort(-s, kind="stable")
     s, a, b, w = s[order], a[order], b[order], w[order]
-    # bootstrap over identities: a pair (a, b) weighs c_a c_b; the pairs of distinct copies number ((sum c)^2 - sum c^2)/2
+    # bootstrap over identities: a pair (a, b) weighs c_a c_b;
+    # the pairs of distinct copies number ((sum c)^2 - sum c^2)/2
     tail = GRID >= boot_from
     n_above = np.searchsorted(-s, -GRID[tail], side="left")  # pairs with score > grid point
     rng = np.random.default_rng(seed)

@@ -18,20 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
-from idleak import __version__
+from idleak import __version__, scale
 from idleak.analyses.audit import AuditOptions, AuditResult, audit_fields, run_audit
-from idleak.embedding import EmbedStats, FaceSet, embed_records, hash_records, load_faces
+from idleak.embedding import EmbedStats, FaceSet, default_workers, embed_records, hash_records, load_faces
 from idleak.errors import IdleakError
 from idleak.faces import Embedder, EmbedderSpec, load_embedder, parse_model
-from idleak.outputs import (
-    PAIR_COLUMNS,
-    PAIR_EXTRA_COLUMNS,
-    write_excluded,
-    write_summary_and_report,
-    write_table,
-)
+from idleak.outputs import write_excluded, write_pairs, write_summary_and_report
 from idleak.sources import Record, Source, open_source
 from idleak.store import EmbeddingStore
+from idleak.store.tables import tables_model
 
 ProgressFactory = Callable[[str], Callable[[int, int], None]]
 
@@ -69,12 +64,19 @@ class Workspace:
 
     def __init__(self, model: str | EmbedderSpec = "dlib", cache: str | os.PathLike[str] | None = None,
                  workers: int | None = None, progress: ProgressFactory | None = None,
-                 faces: str = "largest", **model_options: object) -> None:
+                 faces: str = "largest", engine: str = "local", ray_address: str | None = None,
+                 **model_options: object) -> None:
         self.spec = model if isinstance(model, EmbedderSpec) else parse_model(model, **model_options)
         self.embedder: Embedder = load_embedder(self.spec)
         self.cache = cache
         self.store = store_for(self.embedder.model_id, cache, self.embedder.dim)
         self.workers = workers
+        self.engine, self.ray_address = engine, ray_address  # where embedding runs: local processes or Ray
+        self.tables_model: str | None = None  # set when every input is an embedding table of that model
+        if engine == "ray":  # a cluster that does not answer is an error before any work
+            from idleak.ray_engine import connect
+
+            connect(ray_address)
         self.progress = progress
         if faces not in ("largest", "all"):
             raise IdleakError(f"--faces must be 'largest' or 'all', not {faces!r}")
@@ -95,18 +97,25 @@ class Workspace:
         faces = faces or self.faces
         source = spec if isinstance(spec, Source) else open_source(spec, role)
         records, dropped = apply_exclusions(source.records, exclude or {})
-        if source.kind == "store":
+        if source.kind == "store":  # read-only: its dataset's hashes, in the mode it was embedded in
             store = EmbeddingStore.open(source.store_path, self.model_id)
-            modes = set(store.rows().aligned.tolist())
-            if len(modes) == 1:  # read a store in the mode it was embedded in
-                aligned = modes.pop()
-            found = load_faces(records, store, aligned=aligned, faces=faces)
+            hash_of = dict(zip((r.path for r in source.records), source.hashes or []))
+            found = load_faces(records, store, aligned=bool(source.aligned), faces=faces,
+                               hashes=[hash_of.get(r.path) for r in records])
+            stats = EmbedStats(n_records=len(records), n_cached=len(records))
+        elif source.kind == "table":
+            from idleak.store.tables import table_faces
+
+            own = self.tables_model is not None  # every input is a table: its model, not --model, is the run's
+            found = table_faces(source.store_path, role, self.tables_model or self.model_id,
+                                None if own else self.embedder.dim)
             stats = EmbedStats(n_records=len(records), n_cached=len(records))
         else:
             progress = self.progress(f"embedding {role}") if self.progress and not quiet else None
-            hashes = hash_records(records)
+            hashes = hash_records(records, cache=self.store.file_hashes)
             stats = embed_records(records, self.store, self.spec, aligned=aligned, workers=self.workers,
-                                  progress=progress, embedder=self.embedder, hashes=hashes)
+                                  progress=progress, embedder=self.embedder, hashes=hashes, engine=self.engine,
+                                  ray_address=self.ray_address)
             found = load_faces(records, self.store, aligned=aligned, faces=faces, hashes=hashes)
         found.excluded = dropped + found.excluded
         return Prepared(source, found, stats, time.perf_counter() - start)
@@ -165,17 +174,22 @@ def _norm(path: str | os.PathLike[str]) -> str:
 
 def embed(path: str | os.PathLike[str], store: str | os.PathLike[str], model: str = "dlib", aligned: bool = False,
           workers: int | None = None, progress: ProgressFactory | None = None, flush_every: int = 256,
+          name: str | None = None, engine: str = "local", ray_address: str | None = None,
           **model_options: object) -> tuple[EmbedStats, EmbeddingStore]:
-    """Embed a folder or manifest into ``store`` (created if needed), skipping what it holds."""
+    """Embed a folder or manifest into ``store`` (created if needed), skipping what it holds, and record
+    it as the store's dataset ``name`` (default: the folder or manifest name)."""
     spec = parse_model(model, **model_options)
     embedder = load_embedder(spec)
     source = open_source(path, "input")
-    if source.kind == "store":
-        raise IdleakError(f"{path} is already a store")
+    if source.kind in ("store", "table"):
+        raise IdleakError(f"{path} is already embedded (a {source.kind})")
+    name = name or re.sub(r"[^A-Za-z0-9._-]+", "_", Path(os.path.abspath(path)).stem).strip("_.-") or "dataset"
     target = EmbeddingStore.create(store, embedder.model_id, embedder.dim)
+    hashes = hash_records(source.records, cache=target.file_hashes)
     stats = embed_records(source.records, target, spec, aligned=aligned, workers=workers,
                           progress=progress("embedding") if progress else None, flush_every=flush_every,
-                          embedder=embedder)
+                          embedder=embedder, hashes=hashes, engine=engine, ray_address=ray_address)
+    target.write_dataset(name, source.records, hashes, aligned)
     return stats, target
 
 
@@ -184,7 +198,8 @@ def audit(synthetic: str | os.PathLike[str], real: str | os.PathLike[str], out: 
           exclude: str | os.PathLike[str] | None = None, faces: str = "largest", aligned_synthetic: bool = False,
           aligned_real: bool = False, workers: int | None = None, progress: ProgressFactory | None = None,
           report: bool = True, workspace: Workspace | None = None, holdout: str | os.PathLike[str] | None = None,
-          aligned_holdout: bool = False, **model_options: object) -> AuditResult:
+          aligned_holdout: bool = False, on_plan: Callable[[scale.Plan], object] | None = None,
+          **model_options: object) -> AuditResult:
     """Run the leakage audit and write summary.json, pairs.csv/.parquet, excluded.csv and report.html to ``out``."""
     started = time.perf_counter()
     options = options or AuditOptions()
@@ -194,14 +209,23 @@ def audit(synthetic: str | os.PathLike[str], real: str | os.PathLike[str], out: 
     # validate every input before spending time on any
     syn_source, real_source = open_source(synthetic, "SYN"), open_source(real, "REAL")
     hold_source = open_source(holdout, "HOLDOUT") if holdout is not None else None
-    ws = workspace or Workspace(model, cache, workers, progress, faces, **model_options)
+    ws = workspace or Workspace(model, cache, workers, progress, faces, options.engine, options.ray_address,
+                                **model_options)
+    sources = [syn_source, real_source] + ([hold_source] if hold_source else [])
+    ws.tables_model = tables_model(sources)
+    plan = scale.plan_audit(len(syn_source.records), len(real_source.records), ws.embedder.dim, options.search,
+                            options.top_k, sum(scale.pending_images(len(s.records), s.kind) for s in sources),
+                            ws.workers or default_workers(), options.null_queries)
+    if on_plan:
+        on_plan(plan)
+    scale.check_memory(plan)
     out.mkdir(parents=True, exist_ok=True)
     syn = ws.prepare(syn_source, "SYN", aligned_synthetic, exclusions)
     ref = ws.prepare(real_source, "REAL", aligned_real, exclusions)
     hold = ws.prepare(hold_source, "HOLDOUT", aligned_holdout, exclusions) if hold_source else None
     t0 = time.perf_counter()
     try:
-        result = run_audit(syn.faces, ref.faces, ws.model_id, options, progress=ws.progress,
+        result = run_audit(syn.faces, ref.faces, ws.tables_model or ws.model_id, options, progress=ws.progress,
                            holdout=hold.faces if hold else None)
     except IdleakError:
         write_excluded(out / "excluded.csv", syn.faces.excluded + ref.faces.excluded
@@ -210,7 +234,8 @@ def audit(synthetic: str | os.PathLike[str], real: str | os.PathLike[str], out: 
     search_seconds = time.perf_counter() - t0
     excluded = result.synthetic.excluded + result.real.excluded + (result.holdout.excluded if result.holdout else [])
     reasons = write_excluded(out / "excluded.csv", excluded)
-    write_table(pair_rows(result), PAIR_COLUMNS + PAIR_EXTRA_COLUMNS, out / "pairs.csv", csv_columns=PAIR_COLUMNS)
+    write_pairs(out / "pairs.csv", result.synthetic, result.real, result.scores, result.indices,
+                result.decision.flagged)
     np.savez_compressed(out / "scores.npz", nearest=result.nearest.astype(np.float32),
                         statistic=result.decision.statistic.astype(np.float32),
                         p_value=result.decision.p_values.astype(np.float32),
@@ -223,26 +248,6 @@ def audit(synthetic: str | os.PathLike[str], real: str | os.PathLike[str], out: 
 
     result.summary = write_summary_and_report(out, summary, started, write_audit_report if report else None)
     return result
-
-
-def pair_rows(result: AuditResult) -> list[dict]:
-    """One row per synthetic face and rank, as in pairs.csv."""
-    syn, real = result.synthetic, result.real
-    flagged = result.decision.flagged
-    rows = []
-    for q in range(len(syn)):
-        for rank in range(result.indices.shape[1]):
-            j = int(result.indices[q, rank])
-            if j < 0:
-                continue
-            score = float(result.scores[q, rank])
-            rows.append({
-                "synthetic_path": str(syn.paths[q]), "synthetic_identity": syn.identities[q], "rank": rank + 1,
-                "real_path": str(real.paths[j]), "real_identity": real.identities[j], "similarity": score,
-                "leak": bool(flagged[q]) and rank == 0,
-                "synthetic_box": _box(syn.boxes[q]), "real_box": _box(real.boxes[j]),
-            })
-    return rows
 
 
 def _box(box: np.ndarray) -> list[float] | None:
@@ -281,7 +286,7 @@ def audit_summary(result: AuditResult, options: AuditOptions, ws: Workspace, syn
         "excluded_real": dict(Counter(r for _, r, _ in result.real.excluded)),
         "excluded_holdout": dict(Counter(r for _, r, _ in result.holdout.excluded)) if result.holdout else None,
         "n_excluded": int(sum(reasons.values())),
-        "model": ws.model_id,
+        "model": ws.tables_model or ws.model_id,
         "inputs": {"synthetic": syn.source.spec, "real": ref.source.spec,
                    "holdout": hold.source.spec if hold else None, "store": str(ws.store.root),
                    "faces": ws.faces},

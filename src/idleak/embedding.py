@@ -1,12 +1,13 @@
 """Fill a store from records (decode -> detect -> align -> embed on all cores) and read faces back.
 
-``embed_records`` hashes every file, skips those the store already holds, and embeds the rest in
-worker processes, writing results as they come; ``load_faces`` joins records with the store.
+``embed_records`` hashes every file (cached by file identity), skips those the store already holds,
+and embeds the rest: worker processes decode, detect and align, the parent runs the model on batches
+of aligned chips, and results are written as they come. The read path (``FaceSet``, ``hash_records``,
+``load_faces``) lives in ``idleak.store.read`` and is re-exported here.
 """
 
 from __future__ import annotations
 
-import hashlib
 import multiprocessing
 import os
 import sys
@@ -14,16 +15,20 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from idleak.errors import ImageError
+from idleak.errors import IdleakError, ImageError
 from idleak.faces import Embedder, EmbedderSpec, load_embedder
 from idleak.images import load_rgb
 from idleak.sources import Record
 from idleak.store import EmbeddingStore
+from idleak.store.read import FaceSet, file_hash, hash_records, load_faces
+
+__all__ = ["NO_FACE", "EmbedStats", "FaceSet", "embed_records", "file_hash", "hash_records", "image_rows",
+           "load_faces"]
 
 ProgressFn = Callable[[int, int], None]
 
@@ -42,54 +47,6 @@ class EmbedStats:
     n_missing: int = 0
     seconds: float = 0.0
     reasons: Counter = field(default_factory=Counter)
-
-
-@dataclass
-class FaceSet:
-    """Faces of one dataset: unit vectors plus, per face, where it came from."""
-
-    vectors: np.ndarray
-    paths: np.ndarray
-    identities: np.ndarray  # object array; None where unlabelled
-    hashes: np.ndarray
-    boxes: np.ndarray
-    det_scores: np.ndarray
-    n_faces: np.ndarray
-    excluded: list[tuple[str, str, str]] = field(default_factory=list)  # (path, reason, detail)
-
-    def __len__(self) -> int:
-        return len(self.vectors)
-
-    @property
-    def labelled(self) -> np.ndarray:
-        return np.array([i is not None for i in self.identities], dtype=bool)
-
-    def subset(self, mask: np.ndarray) -> FaceSet:
-        idx = np.flatnonzero(mask)
-        return FaceSet(self.vectors[idx], self.paths[idx], self.identities[idx], self.hashes[idx],
-                       self.boxes[idx], self.det_scores[idx], self.n_faces[idx], list(self.excluded))
-
-
-def file_hash(path: str) -> str:
-    """Content hash of a file (BLAKE2b, 128 bits, hex)."""
-    digest = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def hash_records(records: list[Record], threads: int = 8) -> list[str | None]:
-    """Content hashes in record order; None for files that cannot be read."""
-
-    def one(record: Record) -> str | None:
-        try:
-            return file_hash(record.path)
-        except OSError:
-            return None
-
-    with ThreadPoolExecutor(threads) as pool:
-        return list(pool.map(one, records, chunksize=64))
 
 
 def image_rows(embedder: Embedder, path: str, content_hash: str, identity: str | None, aligned: bool,
@@ -212,27 +169,35 @@ def embed_records(
     chunk_size: int = 8,
     embedder: Embedder | None = None,
     hashes: list[str | None] | None = None,
+    engine: str = "local",
+    ray_address: str | None = None,
 ) -> EmbedStats:
     """Embed every record the store lacks, on ``workers`` processes, and write them to ``store``.
 
     ``hashes`` (from ``hash_records``) saves reading the files twice when the caller has them.
+    ``engine="ray"`` embeds on a Ray cluster (``ray_address``; None: a local one), one model per actor.
     """
+    if engine not in ("local", "ray"):
+        raise IdleakError(f"--engine must be local or ray, not {engine!r}")
     start = time.perf_counter()
     records = list(records)
     stats = EmbedStats(n_records=len(records))
     if hashes is None:
-        hashes = hash_records(records)
+        hashes = hash_records(records, cache=store.file_hashes)
+    known = [h for h in hashes if h is not None]
+    held = dict(zip(known, store.contains(known, aligned).tolist())) if known else {}
     todo: dict[str, Record] = {}
     for record, content_hash in zip(records, hashes):
         if content_hash is None:
             stats.n_missing += 1
             continue
-        if content_hash in todo or store.has(content_hash, aligned):
+        if content_hash in todo or held[content_hash]:
             continue
         todo[content_hash] = record
     stats.n_unique = len({h for h in hashes if h is not None})
     stats.n_cached = stats.n_unique - len(todo)
     items = [(r.path, h, r.identity) for h, r in todo.items()]
+    workers_given = workers
     workers = default_workers() if workers is None else max(1, workers)
     done = 0
     total = len(items)
@@ -263,7 +228,13 @@ def embed_records(
                 write(embed_pending(local, batch))
 
         try:
-            if workers == 1 or total < 2 * chunk_size:
+            if engine == "ray":
+                from idleak.ray_engine import ray_embed_rows
+
+                for rows in ray_embed_rows(items, spec, aligned, actors=None if workers_given is None else workers,
+                                           address=ray_address):
+                    write([rows])
+            elif workers == 1 or total < 2 * chunk_size:
                 for path, content_hash, identity in items:
                     take([image_rows(local, path, content_hash, identity, aligned, embed=not local.batched)])
             else:
@@ -287,53 +258,3 @@ def embed_records(
                 take([], final=True)
     stats.seconds = time.perf_counter() - start
     return stats
-
-
-def load_faces(
-    records: Iterable[Record],
-    store: EmbeddingStore,
-    aligned: bool = False,
-    faces: str = "largest",
-    hashes: list[str | None] | None = None,
-) -> FaceSet:
-    """Faces of ``records`` from the store: the largest face per image, or every face (``faces="all"``)."""
-    records = list(records)
-    if hashes is None:
-        hashes = hash_records(records)
-    rows = store.rows()
-    index = store.key_index()
-    take: list[int] = []
-    owners: list[int] = []
-    excluded: list[tuple[str, str, str]] = []
-    for number, (record, content_hash) in enumerate(zip(records, hashes)):
-        if content_hash is None:
-            excluded.append((record.path, "missing" if not os.path.exists(record.path) else "unreadable", ""))
-            continue
-        found = index.get((content_hash, aligned))
-        if found is None:
-            excluded.append((record.path, "not_embedded", "not in the store"))
-            continue
-        first = found[0]
-        if rows.reason[first]:
-            excluded.append((record.path, str(rows.reason[first]), str(rows.detail[first] or "")))
-            continue
-        if faces == "largest" and len(found) > 1:
-            boxes = rows.box[found]
-            area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-            found = found[[int(np.nanargmax(area))]]
-        take.extend(int(i) for i in found)
-        owners.extend([number] * len(found))
-    sel = np.array(take, dtype=np.int64)
-    own = np.array(owners, dtype=np.int64)
-    paths = np.array([records[i].path for i in own], dtype=object)
-    identities = np.array([records[i].identity for i in own], dtype=object)
-    return FaceSet(
-        vectors=np.ascontiguousarray(rows.vectors[sel]) if len(sel) else np.zeros((0, store.dim), np.float32),
-        paths=paths,
-        identities=identities,
-        hashes=rows.hash[sel] if len(sel) else np.array([], dtype=str),
-        boxes=rows.box[sel] if len(sel) else np.zeros((0, 4), np.float32),
-        det_scores=rows.det_score[sel] if len(sel) else np.array([], np.float32),
-        n_faces=rows.n_faces[sel] if len(sel) else np.array([], np.int64),
-        excluded=excluded,
-    )

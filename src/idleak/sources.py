@@ -27,12 +27,17 @@ class Record:
 
 @dataclass
 class Source:
-    """What a user argument resolved to: ``kind`` is folder, manifest or store."""
+    """What a user argument resolved to: ``kind`` is folder, manifest, store (one named dataset of
+    a store, read-only) or table (a Parquet table of precomputed embeddings)."""
 
     spec: str
     kind: str
     records: list[Record]
     store_path: str | None = None
+    #: a store source: the dataset read, its content hashes (never re-read from files) and mode
+    dataset: str | None = None
+    hashes: list[str | None] | None = None
+    aligned: bool | None = None
 
     @property
     def labelled_fraction(self) -> float:
@@ -47,18 +52,23 @@ def is_store(path: str | os.PathLike[str]) -> bool:
 
 
 def open_source(spec: str | os.PathLike[str], role: str = "input") -> Source:
-    """Resolve a folder, manifest CSV or store into a ``Source``; one-line ``IdleakError`` if unusable."""
+    """Resolve a folder, manifest CSV, store (``STORE`` or ``STORE::DATASET``) or Parquet embedding table
+    into a ``Source``; one-line ``IdleakError`` if unusable."""
     path = Path(spec)
+    name = None
+    if not path.exists() and "::" in str(spec):
+        base, name = str(spec).rsplit("::", 1)
+        path = Path(base)
+        if not is_store(path):
+            raise IdleakError(f"{role}: {base} is not an idleak store (STORE::DATASET reads a store's dataset)")
     if not path.exists():
         raise IdleakError(f"{role} not found: {spec}")
     if path.is_dir() and is_store(path):
-        from idleak.store import EmbeddingStore
+        return _store_source(str(spec), path, name, role)
+    if path.is_file() and path.suffix.lower() == ".parquet":
+        from idleak.store.tables import table_records
 
-        store = EmbeddingStore.open(path)
-        records = store.records()
-        if not records:
-            raise IdleakError(f"{role} store is empty: {spec}")
-        return Source(str(spec), "store", records, store_path=str(path))
+        return Source(str(spec), "table", table_records(path, role), store_path=str(path.absolute()))
     if path.is_dir():
         records = scan_folder(path)
         if not records:
@@ -70,6 +80,27 @@ def open_source(spec: str | os.PathLike[str], role: str = "input") -> Source:
             raise IdleakError(f"{role} manifest lists no images: {spec}")
         return Source(str(spec), "manifest", records)
     raise IdleakError(f"{role} must be a folder, a CSV manifest or an idleak store: {spec}")
+
+
+def _store_source(spec: str, path: Path, name: str | None, role: str) -> Source:
+    """Exactly one named dataset of a store: its records and hashes, read-only (a run's --cache never
+    adds to it, and the original files are not needed)."""
+    from idleak.store import EmbeddingStore
+
+    store = EmbeddingStore.open(path)
+    names = store.datasets()
+    if name is None:
+        if len(names) != 1:
+            hint = (f"it has {len(names)} ({', '.join(names)}); pick one with {path}::NAME" if names else
+                    "it holds no named dataset (a cache?); make one with `idleak embed FOLDER --store "
+                    f"{path} --name NAME`")
+            raise IdleakError(f"{role} store {path}: {hint}")
+        name = names[0]
+    dataset = store.dataset(name)
+    if not dataset.records:
+        raise IdleakError(f"{role} store {path}: dataset {name!r} is empty")
+    return Source(spec, "store", dataset.records, store_path=str(store.root), dataset=name,
+                  hashes=dataset.hashes, aligned=dataset.aligned)
 
 
 def scan_folder(root: str | os.PathLike[str]) -> list[Record]:

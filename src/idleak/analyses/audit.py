@@ -29,7 +29,7 @@ from idleak.decide.hubs import find_hubs
 from idleak.decide.scores import neighbours_needed
 from idleak.embedding import FaceSet
 from idleak.errors import IdleakError
-from idleak.search import ProgressFn, TopK, global_top_pairs, topk
+from idleak.search import ProgressFn, TopK, global_top_pairs, search_device, topk
 
 ProgressFactory = Callable[[str], ProgressFn]
 
@@ -182,12 +182,12 @@ def run_audit(synthetic: FaceSet, real: FaceSet, model_id: str, options: AuditOp
     method = choose_method(real.identities, options, holdout is not None)
     score = choose_score(method, options, len(real))
     k = min(len(real), max(options.top_k, neighbours_needed(score, options.cohort)))
-    result = topk(synthetic.vectors, real.vectors, k, block_size=options.block_size,
-                  progress=progress("searching") if progress else None)
     null = build_null(real.vectors, real.identities, model_id, options, method, score, queries=synthetic.vectors,
                       holdout=None if holdout is None else holdout.vectors,
                       holdout_identities=None if holdout is None else holdout.identities,
                       progress=progress("calibrating") if progress and method in ("loio", "holdout") else None)
+    result = topk(synthetic.vectors, real.vectors, k, block_size=options.block_size,
+                  progress=progress("searching") if progress else None, **search_options(options, null))
     decision = decide_queries(synthetic.vectors, synthetic.identities, result, null, real.identities, options)
     top_k = min(options.top_k, k)
     scores, indices = result.scores[:, :top_k], result.indices[:, :top_k]
@@ -202,7 +202,31 @@ def run_audit(synthetic: FaceSet, real: FaceSet, model_id: str, options: AuditOp
     out = AuditResult(decision, synthetic, real, scores, indices, hub_rows, pairs, {}, identical, dcr, holdout,
                       warnings)
     out.counts = identity_counts(out)
+    out.counts["search"] = {"engine": result.engine, "device": options.device, "n_rescored_exactly": result.n_rescored,
+                            "n_queries_exact": int(result.exact.sum()) if result.exact is not None else len(synthetic),
+                            "n_queries": len(synthetic), "rescore_bound": result.bound_used}
     return out
+
+
+def search_options(options: AuditOptions, null: Null) -> dict:
+    """Engine, device and, for ivf, the raw similarity above which a query is searched again exactly.
+
+    The bound is the lowest raw similarity of a null value whose statistic reaches the threshold, less
+    ``search_margin``: a face below it is far from being flagged, so its approximate neighbours suffice.
+    """
+    if options.engine == "ray":
+        if options.search not in ("exact", "auto"):
+            raise IdleakError(f"--engine ray runs exact search; --search {options.search} is local only")
+        return {"engine": "ray", "ray_address": options.ray_address}
+    if options.engine != "local":
+        raise IdleakError(f"--engine must be local or ray, not {options.engine!r}")
+    bound = None
+    if options.search != "exact":
+        t = null.threshold(options.alpha)  # the loosest level the decision uses
+        close = null.raw[null.values >= t] if null.empirical else np.zeros(0)
+        raw_t = float(close.min()) if len(close) else (t if null.score == "raw" else -1.0)
+        bound = (raw_t if np.isfinite(raw_t) else -1.0) - options.search_margin
+    return {"engine": options.search, "device": search_device(options.device), "bound": bound}
 
 
 def check_holdout(real: FaceSet, holdout: FaceSet) -> None:

@@ -24,7 +24,7 @@ err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
 
 #: Command modules; each defines ``register(app)``.
-COMMAND_MODULES = ("idleak.cli.core", "idleak.cli.mia", "idleak.cli.invert", "idleak.cli.release")
+COMMAND_MODULES = ("idleak.cli.core", "idleak.cli.mia", "idleak.cli.invert", "idleak.cli.release", "idleak.cli.store")
 
 
 def guard(fn: Callable[..., Any]) -> Callable[..., Any]:

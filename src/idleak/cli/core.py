@@ -16,6 +16,8 @@ CACHE_HELP = ("Embedding store to reuse across runs. Default: $IDLEAK_CACHE, els
 MODEL_HELP = "Face model: 'dlib' (default, built in) or 'onnx:PATH' for an ArcFace-style 112x112 ONNX model."
 
 Model = Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP)]
+Engine = Annotated[str, typer.Option("--engine", help="local (processes on this machine) or ray (a Ray cluster: embedding as Ray Data batch inference, exact search sharded over nodes).")]
+RayAddress = Annotated[str | None, typer.Option("--ray-address", help="Ray cluster to join (HOST:6379 or ray://HOST:10001); default: start a local one.")]
 Cache = Annotated[Path | None, typer.Option("--cache", help=CACHE_HELP)]
 Workers = Annotated[int | None, typer.Option("--workers", "-j", help="Embedding processes (default: all cores).")]
 InputMean = Annotated[float | None, typer.Option("--input-mean", help="ONNX: subtracted from 0..255 pixels [127.5].")]
@@ -23,7 +25,7 @@ InputStd = Annotated[float | None, typer.Option("--input-std", help="ONNX: pixel
 Bgr = Annotated[bool, typer.Option("--bgr", help="ONNX: the model takes BGR channel order.")]
 BatchSize = Annotated[int | None, typer.Option("--batch-size", help="Faces per inference batch [dlib port 64, ONNX 32].")]
 Runtime = Annotated[str | None, typer.Option("--runtime", help="dlib model: 'onnx' (default, the batched ONNX port) or 'dlib' (dlib's own, one face at a time).")]
-Device = Annotated[str | None, typer.Option("--device", help="Inference device: cpu (default), cuda (error without a GPU) or auto (GPU if usable, else CPU).")]
+Device = Annotated[str | None, typer.Option("--device", help="cpu (default), cuda (an error without a GPU) or auto (GPU if usable, else CPU, and it says so): embedding inference and, for audit, exact search (torch).")]
 Detector = Annotated[str | None, typer.Option("--detector", help="Face detector: hog (default), cnn (dlib's MMOD CNN, slow on CPU) or auto (CNN where HOG finds nothing).")]
 
 
@@ -65,6 +67,9 @@ def register(app: typer.Typer) -> None:
         aligned_real: Annotated[bool, typer.Option("--aligned-real", help="Only REAL images are aligned crops.")] = False,
         aligned_holdout: Annotated[bool, typer.Option("--aligned-holdout", help="Only HOLDOUT images are aligned crops.")] = False,
         fail_on_leak: Annotated[bool, typer.Option("--fail-on-leak", help="Exit with code 1 when the p-value is below alpha.")] = False,
+        search: Annotated[str, typer.Option("--search", help="exact, ivf (FAISS IVF candidates; every face near the threshold searched again exactly) or auto (ivf for large sets).")] = "exact",
+        engine: Engine = "local",
+        ray_address: RayAddress = None,
         cache: Cache = None,
         workers: Workers = None,
         input_mean: InputMean = None,
@@ -86,12 +91,14 @@ def register(app: typer.Typer) -> None:
 
         _terminate_as_interrupt()
         options = AuditOptions(alpha=alpha, top_k=top_k, method=method, score=score, threshold=threshold, fmr=fmr,
-                               exclude_children=exclude_children)
+                               exclude_children=exclude_children, search=search, device=device, engine=engine,
+                               ray_address=ray_address)
         with RichProgress() as progress:
             result = audit(synthetic, real, out_dir, model=model, cache=cache, options=options, exclude=exclude,
                            faces=faces, aligned_synthetic=aligned or aligned_synthetic,
                            aligned_real=aligned or aligned_real, workers=workers, progress=progress,
                            holdout=holdout, aligned_holdout=aligned or aligned_holdout,
+                           on_plan=lambda plan: out.print(plan.text, markup=False),
                            **model_options(input_mean, input_std, bgr, batch_size, runtime, device, detector))
         s = result.summary
         warn_excluded(s["excluded"], out_dir / "excluded.csv")
@@ -117,6 +124,9 @@ def register(app: typer.Typer) -> None:
         aligned: Annotated[bool, typer.Option("--aligned", help="Images are aligned face crops: no detection.")] = False,
         workers: Workers = None,
         flush_every: Annotated[int, typer.Option(help="Write a store part every N images.")] = 256,
+        engine: Engine = "local",
+        ray_address: RayAddress = None,
+        name: Annotated[str | None, typer.Option("--name", help="Dataset name inside the store (default: the folder name); read it back as STORE or STORE::NAME.")] = None,
         input_mean: InputMean = None,
         input_std: InputStd = None,
         bgr: Bgr = False,
@@ -131,7 +141,7 @@ def register(app: typer.Typer) -> None:
         _terminate_as_interrupt()
         with RichProgress() as progress:
             stats, target = embed(path, store, model=model, aligned=aligned, workers=workers, progress=progress,
-                                  flush_every=flush_every,
+                                  flush_every=flush_every, name=name, engine=engine, ray_address=ray_address,
                                   **model_options(input_mean, input_std, bgr, batch_size, runtime, device, detector))
         reasons = dict(stats.reasons)
         if stats.n_missing:

@@ -48,6 +48,11 @@ class DecisionOptions:
     null_queries: int | None = 50_000
     block_size: int = 65_536
     seed: int = 0
+    search: str = "exact"  # exact | ivf | auto (idleak.search.topk engines)
+    device: str | None = None  # cpu | cuda | auto: exact search as torch matrix products on a GPU
+    search_margin: float = 0.05  # ivf: queries whose raw score is within this of a flag are searched exactly
+    engine: str = "local"  # local | ray
+    ray_address: str | None = None
 
     def validate(self) -> None:
         if not 0 < self.alpha < 1:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from idleak.outputs import read_pairs
+from idleak.outputs import top_pairs as read_top_pairs
 from idleak.report.plots import similarity_histogram
 from idleak.report.thumbs import data_uri, thumbnail
 
@@ -53,7 +53,6 @@ def write_audit_report(out: str | os.PathLike[str], review: dict | None = None) 
     out = Path(out)
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     scores = np.load(out / "scores.npz")
-    pairs = read_pairs(out)
     thumbs = ThumbCache()
     histogram = data_uri(similarity_histogram(scores["statistic"] if "statistic" in scores else scores["nearest"],
                                                 scores["null"], summary["threshold"]))
@@ -62,16 +61,16 @@ def write_audit_report(out: str | os.PathLike[str], review: dict | None = None) 
         return {**row, "syn_thumb": thumbs.get(row["synthetic_path"], _box(row.get("synthetic_box"))),
                 "real_thumb": thumbs.get(row["real_path"], _box(row.get("real_box")))}
 
-    flagged = sorted((r for r in pairs if r["rank"] == 1 and r["leak"]), key=lambda r: -r["similarity"])
+    flagged, n_flagged = read_top_pairs(out, MAX_FLAGGED_SHOWN, flagged_only=True)  # never the whole table
     groups: dict[str, list[dict]] = {}
-    for row in flagged[:MAX_FLAGGED_SHOWN]:
+    for row in flagged:
         name = row["real_identity"] or f"unlabelled: {os.path.basename(row['real_path'])}"
         groups.setdefault(str(name), []).append(with_thumbs(row))
     flagged_groups = sorted(({"identity": k, "count": len(v), "pairs": v} for k, v in groups.items()),
                             key=lambda g: (-g["count"], -g["pairs"][0]["similarity"]))
     top_pairs = [with_thumbs(r) for r in summary.get("top_pairs", [])[:24]]
     return render("audit.html.j2", out / "report.html", s=summary, histogram=histogram,
-                  flagged_groups=flagged_groups, flagged_hidden=max(0, len(flagged) - MAX_FLAGGED_SHOWN),
+                  flagged_groups=flagged_groups, flagged_hidden=max(0, n_flagged - MAX_FLAGGED_SHOWN),
                   top_pairs=top_pairs, review=review, versions=summary.get("versions"),
                   created=summary.get("created"))
 

@@ -2,7 +2,8 @@
 
 Each analysis has an adapter that lists its pairs, largest similarity first:
 
-* ``audit``: the rank-1 rows of pairs.parquet (synthetic face vs. its nearest real face);
+* ``audit``: rank-1 rows of pairs.parquet (synthetic face vs. its nearest real face): every flagged
+  pair, the 200 most similar others and a random sample of 100;
 * ``mia``: identities.csv (best generated face vs. the person's best-matching photo);
 * ``gate``: the ``leak`` rows of rejected.parquet (rejected synthetic image vs. the real face it matched);
 * ``lookup``: matches.parquet (dataset face vs. the person's photo).
@@ -113,11 +114,11 @@ def _label(path: str, identity: object = None) -> str:
 
 
 def audit_candidates(out: Path, summary: dict) -> CandidateSet:
-    rows = pq.read_table(_need(out / "pairs.parquet")).to_pylist()
+    from idleak.outputs import review_pairs
+
+    _need(out / "pairs.parquet")
     items = []
-    for r in rows:
-        if r["rank"] != 1:
-            continue
+    for r in review_pairs(out):  # flagged pairs, the most similar others and a sample: not every face
         real_id = r["real_identity"] if r["real_identity"] not in (None, "") else f"(unlabelled) {r['real_path']}"
         items.append(Candidate(pair_id("audit", r["synthetic_path"], r["real_path"], r.get("synthetic_box")),
                                r["synthetic_path"], r["real_path"], _float(r["similarity"]), bool(r["leak"]),
