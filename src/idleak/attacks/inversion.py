@@ -35,7 +35,7 @@ Progress = Callable[[int, int], None]
 
 @dataclass
 class AttackSettings:
-    """Knobs of the three attacks; the defaults are what ``idleak invert`` uses."""
+    """Knobs of the attacks; the defaults are what ``idleak invert`` uses."""
 
     epochs: int = 30  # learned: passes over AUX
     batch_size: int = 32
@@ -49,6 +49,13 @@ class AttackSettings:
     class_lr: float = 0.05
     class_tv_weight: float = 2.0
     class_prior_weight: float = 5.0  # class: squared distance to the AUX mean face
+    synth_images: int = 256  # datafree: images synthesised from the BatchNorm statistics
+    synth_batch: int = 64  # datafree: images optimised together (their batch statistics are matched)
+    synth_steps: int = 300  # datafree: gradient steps per batch
+    synth_lr: float = 0.05
+    synth_tv_weight: float = 0.05  # datafree: total-variation prior
+    synth_l2_weight: float = 0.01  # datafree: squared distance to mid-grey
+    synth_jitter: int = 2  # datafree: random shift (pixels) at every step
     seed: int = 0
 
 

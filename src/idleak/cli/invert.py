@@ -21,13 +21,15 @@ def register(app: typer.Typer) -> None:
         aux: Annotated[Path | None, typer.Option("--aux", help="AUX: public face images of OTHER people (folder or manifest); the learned attack trains on them.")] = None,
         private: Annotated[Path | None, typer.Option("--private", help="PRIVATE: the images whose split features the attacker sees; identity sub-folders (or manifest identities) needed for re-identification.")] = None,
         gallery: Annotated[Path | None, typer.Option("--gallery", help="Other photos of the private identities to re-identify against (default: PRIVATE, never matching an image with itself).")] = None,
-        attack: Annotated[str | None, typer.Option("--attack", help="Comma-separated: learned, optimize, class. Default: learned,optimize (+class when the model has classes).")] = None,
+        attack: Annotated[str | None, typer.Option("--attack", help="Comma-separated: learned, optimize, datafree, class. Default: learned,optimize (+class when the model has classes). datafree uses no images: inputs synthesised from the model's BatchNorm statistics.")] = None,
         blockwise: Annotated[bool, typer.Option("--blockwise", help="learned: one inversion module per block between split layers, with cycle consistency (Dong et al.).")] = False,
         defense: Annotated[str | None, typer.Option("--defense", help="module:function applied to the features before the attacker sees them (noise, quantisation ...).")] = None,
         train_target: Annotated[Path | None, typer.Option("--train-target", help="Train idleak's reference face CNN on this identity-labelled folder, split it into target/private/aux, and attack it.")] = None,
         input_shape: Annotated[str | None, typer.Option("--input-shape", help="C,H,W of the model input when it has no input_shape attribute, e.g. 3,112,112.")] = None,
         epochs: Annotated[int, typer.Option(help="learned: training passes over AUX.")] = 30,
         steps: Annotated[int, typer.Option(help="optimize and class: gradient steps.")] = 300,
+        synth_images: Annotated[int, typer.Option(help="datafree: images synthesised from the BatchNorm statistics per split.")] = 256,
+        synth_steps: Annotated[int, typer.Option(help="datafree: gradient steps per synthesised batch.")] = 300,
         alpha: Annotated[float, typer.Option(help="Re-identification threshold: false-match rate for a stranger (leave-one-identity-out on the gallery).")] = 0.01,
         threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's choice).")] = None,
         seed: Annotated[int, typer.Option(help="Seed for data split, training and attacks.")] = 0,
@@ -50,9 +52,10 @@ def register(app: typer.Typer) -> None:
         from idleak.attacks.inversion import AttackSettings
         from idleak.invert_run import InvertSettings, ReferenceOptions, run_invert, run_reference
 
-        if epochs < 1 or steps < 1:
-            raise IdleakError("--epochs and --steps must be at least 1")
-        settings = InvertSettings(attack=AttackSettings(epochs=epochs, steps=steps, class_steps=steps, seed=seed),
+        if min(epochs, steps, synth_images, synth_steps) < 1:
+            raise IdleakError("--epochs, --steps, --synth-images and --synth-steps must be at least 1")
+        settings = InvertSettings(attack=AttackSettings(epochs=epochs, steps=steps, class_steps=steps, seed=seed,
+                                                        synth_images=synth_images, synth_steps=synth_steps),
                                   alpha=alpha, threads=threads, seed=seed)
         shape = _parse_shape(input_shape)
         with RichProgress() as progress:
