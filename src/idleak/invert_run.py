@@ -139,6 +139,10 @@ def run_invert(model: object, layers: str | Sequence[str], aux: str | os.PathLik
     attack_list = parse_attacks(attacks, bool(classes))
     if "class" in attack_list and not classes:
         raise IdleakError("the class attack needs the model to name its outputs: a `classes` list attribute")
+    circular = [name for name in split.points if name.split(".")[0] in getattr(net, "circular_layers", ())]
+    if circular:
+        raise IdleakError(f"--layers {circular[0]}: {net.circularity_note}")
+    caveats = list(getattr(net, "caveats", ()))
     if "datafree" in attack_list:
         from idleak.attacks.datafree import statistics_layers
 
@@ -147,8 +151,9 @@ def run_invert(model: object, layers: str | Sequence[str], aux: str | os.PathLik
 
     aux_records, aux_label = _records(aux, "AUX")
     private_records, private_label = _records(private, "PRIVATE")
-    aux_images, _, aux_excluded = load_images(aux_records, split.input_shape)
-    private_images, private_records, private_excluded = load_images(private_records, split.input_shape)
+    chips = getattr(net, "input_kind", None) == "dlib_chip"  # dlib's target: aligned face chips, not whole images
+    aux_images, _, aux_excluded = load_images(aux_records, split.input_shape, chips)
+    private_images, private_records, private_excluded = load_images(private_records, split.input_shape, chips)
     if len(aux_images) < 2:
         raise IdleakError(f"AUX {aux_label}: needs at least 2 readable images, found {len(aux_images)}")
     if len(private_images) == 0:
@@ -273,6 +278,7 @@ def run_invert(model: object, layers: str | Sequence[str], aux: str | os.PathLik
         "threshold_details": reid_gallery.threshold.details,
         "alpha": settings.alpha,
         "class_attack": class_rows,
+        "caveats": caveats,
         "n_aux_images": int(len(aux_images)),
         "n_private_images": int(len(private_images)),
         "n_private_identities": len(set(identities)),

@@ -71,6 +71,8 @@ def statistics_layers(split: SplitModel, layer: str) -> list[str]:
     with _captured_inputs(split) as captured, torch.no_grad():
         split.features(torch.full((2, *split.input_shape), 0.5), layer)
     names = list(dict.fromkeys(name for name, _, _ in captured))
+    if not names and getattr(split.model, "datafree_note", None):
+        raise IdleakError(split.model.datafree_note)
     if not names:
         raise IdleakError(f"--attack datafree needs BatchNorm layers with running statistics (running_mean/"
                           f"running_var) in the model up to the split {layer!r}; this model has none there "

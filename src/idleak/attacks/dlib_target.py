@@ -127,6 +127,12 @@ class DlibResNet(nn.Module):
     """dlib_face_recognition_resnet_model_v1 in torch (see the module docstring for the split points)."""
 
     input_shape = (3, 150, 150)
+    #: read by ``idleak invert``: inputs are dlib's aligned chips; splits refused; notes for summary.json
+    input_kind = "dlib_chip"
+    circular_layers = ("embedding",)
+    circularity_note = CIRCULARITY_NOTE
+    datafree_note = BATCHNORM_NOTE
+    caveats = (CIRCULARITY_NOTE, BATCHNORM_NOTE)
 
     def __init__(self, net) -> None:  # net: idleak.faces.dlib_format.DlibNet
         super().__init__()
