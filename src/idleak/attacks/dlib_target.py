@@ -39,9 +39,9 @@ DLIB_LAYERS = ("stem", "stage1", "stage2", "stage3", "stage4", "stage5")
 STAGE_UNITS = (3, 4, 3, 3, 1)
 BATCHNORM_NOTE = ("dlib folds BatchNorm into affine layers when it saves a model (no running mean/variance), "
                   "so --attack datafree does not apply to --model dlib")
-CIRCULARITY_NOTE = ("re-identification uses the same dlib network the reconstructions were inverted from: at the "
-                    "embedding an image optimised to match the descriptor can be an adversarial pattern rather than "
-                    "the face, so the embedding split is not reported; splits before it are")
+CIRCULARITY_NOTE = ("re-identifying reconstructions with the dlib network they were inverted from is circular (an "
+                    "image optimised to match the embedding can be an adversarial pattern rather than the face), so "
+                    "PSNR, SSIM and re-identification are reported only at splits before the embedding")
 
 
 class _Affine(nn.Module):
