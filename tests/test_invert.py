@@ -18,12 +18,14 @@ from idleak.attacks.inversion import AttackSettings  # noqa: E402
 from idleak.invert_run import InvertSettings, ReferenceOptions, run_invert, run_reference  # noqa: E402
 from idleak.sources import Record  # noqa: E402
 
+#: datafree in the tests: images synthesised per split, gradient steps per batch
+SYNTH = (64, 100)
 KEYS = {"layer", "depth", "attack", "psnr", "ssim", "identity_similarity", "reid_top1", "reid_over_threshold"}
 
 
 def _settings(epochs: int = 20, steps: int = 150) -> InvertSettings:
-    return InvertSettings(attack=AttackSettings(epochs=epochs, steps=steps, class_steps=steps), threads=2,
-                          target_epochs=20)
+    return InvertSettings(attack=AttackSettings(epochs=epochs, steps=steps, class_steps=steps, synth_images=SYNTH[0],
+                                                synth_steps=SYNTH[1]), threads=2, target_epochs=20)
 
 
 def _row(summary: dict, layer: str, attack: str) -> dict:
@@ -32,7 +34,8 @@ def _row(summary: dict, layer: str, attack: str) -> dict:
 
 @pytest.fixture(scope="session")
 def reference_run(tmp_path_factory: pytest.TempPathFactory, faces_root: Path, workspace) -> tuple[Path, dict]:
-    """The reference target trained on ORL once, attacked at a shallow (block1) and a deep (fc) split."""
+    """The reference target trained on ORL once, attacked at a shallow (block1) and a deep (fc) split by every
+    attack (learned, optimize, datafree, class)."""
     out = tmp_path_factory.mktemp("invert-reference")
     summary = run_reference(faces_root / "orl", out, ReferenceOptions(layers=["block1", "fc"]),
                             settings=_settings(), workspace=workspace)
@@ -103,6 +106,61 @@ def test_class_attack_reports_identification(reference_run: tuple[Path, dict]) -
     assert np.median([r["class_probability"] for r in results]) > 0.5
 
 
+# -- the data-free attack ---------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_datafree_recovers_faces_at_block1_not_at_the_embedding(reference_run: tuple[Path, dict]) -> None:
+    _, summary = reference_run
+    shallow, deep = _row(summary, "block1", "datafree"), _row(summary, "fc", "datafree")
+    assert KEYS <= set(shallow)
+    assert shallow["bn_layers"] == ["block1.1"] and deep["bn_layers"] == ["block1.1", "block2.1", "block3.1"]
+    assert shallow["n_synthetic"] == SYNTH[0]
+    # no image at all, yet far better than the mean face and re-identifying far above chance
+    baseline = summary["baseline"]
+    assert shallow["psnr"] > baseline["psnr"] + 6 and shallow["ssim"] > baseline["ssim"] + 0.3
+    assert shallow["identity_similarity"] > baseline["identity_similarity"]
+    assert shallow["reid_top1"] >= 5 * summary["chance_reid"] and shallow["reid_p_value"] < 1e-6
+    # within a few dB of the attacker who trains on other people's photos
+    assert shallow["psnr"] > _row(summary, "block1", "learned")["psnr"] - 6
+    # at the embedding the synthesised inputs teach little: generic faces, re-identification near chance
+    assert deep["psnr"] < shallow["psnr"] - 5
+    assert deep["reid_top1"] <= 4 * summary["chance_reid"]
+
+
+@pytest.mark.slow
+def test_bn_synthesis_reduces_the_statistic_mismatch(reference_run: tuple[Path, dict]) -> None:
+    from idleak.attacks.datafree import bn_mismatch, synthesize
+    from idleak.attacks.reference_target import load_reference_target
+    from idleak.attacks.split import SplitModel, load_images
+
+    out, _ = reference_run
+    split = SplitModel.create(load_reference_target(out / "target.pt"), ["block3"])
+    settings = AttackSettings(synth_images=16, synth_batch=16, synth_steps=60, seed=3)
+    synthetic = synthesize(split, "block3", settings)
+    noise = torch.rand((16, *split.input_shape), generator=torch.Generator().manual_seed(3))
+    private = json.loads((out / "split.json").read_text())["private"]
+    faces, _, _ = load_images([Record(p, None) for p in private[:16]], split.input_shape)
+    with torch.no_grad():
+        start, end = float(bn_mismatch(split, "block3", noise)), float(bn_mismatch(split, "block3", synthetic))
+        real = float(bn_mismatch(split, "block3", torch.from_numpy(faces)))
+    assert synthetic.shape == (16, *split.input_shape) and 0 <= synthetic.min() and synthetic.max() <= 1
+    # the stored statistics describe faces, not noise; the synthesis closes most of the gap
+    assert real < start / 5
+    assert end < start / 10
+
+
+def test_datafree_refuses_a_model_without_batchnorm(faces_root: Path, tmp_path: Path) -> None:
+    from idleak.cli import app
+
+    orl = str(faces_root / "orl")
+    result = CliRunner().invoke(app, ["invert", "--model", "_invert_models:tiny_face_net", "--layers", "stem",
+                                      "--attack", "datafree", "--aux", orl, "--private", orl,
+                                      "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "BatchNorm" in lines[0] and "running_var" in lines[0] and "'stem'" in lines[0]
+    assert not (tmp_path / "o" / "summary.json").exists()
+
+
 @pytest.mark.slow
 def test_outputs_and_report(reference_run: tuple[Path, dict], tmp_path: Path) -> None:
     from idleak.outputs import read_csv
@@ -113,7 +171,7 @@ def test_outputs_and_report(reference_run: tuple[Path, dict], tmp_path: Path) ->
         with Image.open(out / name) as image:
             assert image.width > 300 and image.height > 100
     rows = read_csv(out / "images.csv")
-    assert len(rows) == 4 * summary["n_private_images"]
+    assert len(rows) == 6 * summary["n_private_images"]
     learned = [r for r in rows if r["layer"] == "block1" and r["attack"] == "learned"]
     assert np.mean([float(r["psnr"]) for r in learned]) == pytest.approx(_row(summary, "block1", "learned")["psnr"],
                                                                           abs=1e-3)

@@ -35,7 +35,7 @@ from idleak.outputs import write_json, write_table
 from idleak.sources import Record, Source, open_source
 
 ProgressFactory = Callable[[str], Callable[[int, int], None]]
-ATTACKS = ("learned", "optimize", "class")
+ATTACKS = ("learned", "optimize", "datafree", "class")
 IMAGE_COLUMNS = ["layer", "depth", "attack", "path", "identity", "psnr", "ssim", "identity_similarity",
                  "reid_identity", "reid_score", "reid_top1", "reid_over_threshold"]
 
@@ -72,7 +72,8 @@ class InvertSettings:
 
 
 def parse_attacks(text: str | Sequence[str] | None, has_classes: bool) -> list[str]:
-    """``learned,optimize,class`` -> list; None: learned and optimize, plus class when the model names classes."""
+    """``learned,optimize,datafree,class`` -> list; None: learned and optimize, plus class when the model names
+    classes."""
     if text is None:
         return ["learned", "optimize"] + (["class"] if has_classes else [])
     items = text.split(",") if isinstance(text, str) else list(text)
@@ -138,11 +139,21 @@ def run_invert(model: object, layers: str | Sequence[str], aux: str | os.PathLik
     attack_list = parse_attacks(attacks, bool(classes))
     if "class" in attack_list and not classes:
         raise IdleakError("the class attack needs the model to name its outputs: a `classes` list attribute")
+    circular = [name for name in split.points if name.split(".")[0] in getattr(net, "circular_layers", ())]
+    if circular:
+        raise IdleakError(f"--layers {circular[0]}: {net.circularity_note}")
+    caveats = list(getattr(net, "caveats", ()))
+    if "datafree" in attack_list:
+        from idleak.attacks.datafree import statistics_layers
+
+        for layer in split.points:
+            statistics_layers(split, layer)  # IdleakError before any work when a split has no BatchNorm statistics
 
     aux_records, aux_label = _records(aux, "AUX")
     private_records, private_label = _records(private, "PRIVATE")
-    aux_images, _, aux_excluded = load_images(aux_records, split.input_shape)
-    private_images, private_records, private_excluded = load_images(private_records, split.input_shape)
+    chips = getattr(net, "input_kind", None) == "dlib_chip"  # dlib's target: aligned face chips, not whole images
+    aux_images, _, aux_excluded = load_images(aux_records, split.input_shape, chips)
+    private_images, private_records, private_excluded = load_images(private_records, split.input_shape, chips)
     if len(aux_images) < 2:
         raise IdleakError(f"AUX {aux_label}: needs at least 2 readable images, found {len(aux_images)}")
     if len(private_images) == 0:
@@ -203,6 +214,7 @@ def run_invert(model: object, layers: str | Sequence[str], aux: str | os.PathLik
             label = f"{attack} {layer}"
             callback = progress(label) if progress else None
             timing: dict = {}
+            synthetic = None
             if attack == "learned":
                 if blockwise_trainer is not None:
                     decoder = blockwise_trainer.train(layer, callback)
@@ -211,6 +223,14 @@ def run_invert(model: object, layers: str | Sequence[str], aux: str | os.PathLik
                 t1 = time.perf_counter()
                 recon = decoder.invert(observed).numpy()
                 timing = {"train_seconds": decoder.seconds, "attack_seconds": time.perf_counter() - t1}
+            elif attack == "datafree":
+                from idleak.attacks.datafree import train_datafree
+
+                decoder, facts = train_datafree(split, layer, attack_settings, defense_fn, callback)
+                synthetic = facts.pop("synthetic").numpy()
+                t1 = time.perf_counter()
+                recon = decoder.invert(observed).numpy()
+                timing = {"train_seconds": decoder.seconds, "attack_seconds": time.perf_counter() - t1} | facts
             else:
                 t1 = time.perf_counter()
                 recon = inversion.optimize_attack(split, layer, observed, prior, attack_settings, callback).numpy()
@@ -222,6 +242,8 @@ def run_invert(model: object, layers: str | Sequence[str], aux: str | os.PathLik
             row |= score(layer, point.depth, name, recon, timing)
             rows.append(row)
             grids[layer].append((name, recon[grid_index]))
+            if synthetic is not None:  # what the data-free attacker trained on
+                grids[layer].append(("datafree: synthesised", synthetic[:len(grid_index)]))
         _save_grid(out / grid_file(layer), grids[layer], [identities[i] for i in grid_index],
                    f"split at {layer} (depth {point.depth}, {point.feature_size} features)")
 
@@ -256,6 +278,7 @@ def run_invert(model: object, layers: str | Sequence[str], aux: str | os.PathLik
         "threshold_details": reid_gallery.threshold.details,
         "alpha": settings.alpha,
         "class_attack": class_rows,
+        "caveats": caveats,
         "n_aux_images": int(len(aux_images)),
         "n_private_images": int(len(private_images)),
         "n_private_identities": len(set(identities)),
@@ -429,7 +452,7 @@ def depth_chart(rows: list[dict], summary: dict) -> bytes:
     panels = [("psnr", "PSNR (dB)", summary["baseline"]["psnr"], "mean face"),
               ("identity_similarity", "identity similarity (cosine)", summary["threshold"], "re-id threshold"),
               ("reid_top1", "re-identified (top-1 rate)", summary["chance_reid"], "chance")]
-    colours = {"learned": "#c0392b", "optimize": "#2471a3"}
+    colours = {"learned": "#c0392b", "optimize": "#2471a3", "datafree": "#8e44ad"}
     for ax, (key, ylabel, reference, ref_label) in zip(axes, panels):
         for attack in dict.fromkeys(r["attack"] for r in rows):
             points = sorted((x_of[r["layer"]], r[key]) for r in rows if r["attack"] == attack)

@@ -35,7 +35,7 @@ Progress = Callable[[int, int], None]
 
 @dataclass
 class AttackSettings:
-    """Knobs of the three attacks; the defaults are what ``idleak invert`` uses."""
+    """Knobs of the attacks; the defaults are what ``idleak invert`` uses."""
 
     epochs: int = 30  # learned: passes over AUX
     batch_size: int = 32
@@ -49,6 +49,13 @@ class AttackSettings:
     class_lr: float = 0.05
     class_tv_weight: float = 2.0
     class_prior_weight: float = 5.0  # class: squared distance to the AUX mean face
+    synth_images: int = 128  # datafree: images synthesised from the BatchNorm statistics
+    synth_batch: int = 64  # datafree: images optimised together (their batch statistics are matched)
+    synth_steps: int = 200  # datafree: gradient steps per batch
+    synth_lr: float = 0.05
+    synth_tv_weight: float = 0.05  # datafree: total-variation prior
+    synth_l2_weight: float = 0.01  # datafree: squared distance to mid-grey
+    synth_jitter: int = 2  # datafree: random shift (pixels) at every step
     seed: int = 0
 
 
@@ -75,7 +82,8 @@ class Inverter(nn.Module):
     """Maps features of ``in_shape`` to an image (sigmoid output) or to features of ``out_shape``.
 
     Conv features: a 3x3 conv, then transposed convs (4x4, stride 2) that double the resolution
-    until the output's size, and a 3x3 conv to the output channels there; vector features start
+    until within 25 % of the output's size, and a 3x3 conv to the output channels there (then a
+    bilinear resize to the exact size); vector features start
     with a linear layer onto a coarse grid instead of the conv. Vector outputs: an MLP. Channels:
     ``width`` at the finest hidden level, doubling towards the coarsest (at most 2 x ``width``),
     ``width / 2`` at the output resolution.
@@ -99,8 +107,8 @@ class Inverter(nn.Module):
             h, w = out_h, out_w
             while h > 8 and w > 8:
                 h, w = -(-h // 2), -(-w // 2)
-        n_up = 0
-        while (h << n_up) < out_h or (w << n_up) < out_w:
+        n_up = 0  # doublings; the last bilinear resize may enlarge by up to 25 % (150 from 140, not from 280)
+        while (h << n_up) * 1.25 < out_h or (w << n_up) * 1.25 < out_w:
             n_up += 1
         channels = [min(2 * width, width << max(0, n_up - 1 - k)) for k in range(max(1, n_up))]
         if len(in_shape) == 3:

@@ -37,7 +37,14 @@ class _StopForward(Exception):
 
 
 def build_model(spec: str) -> nn.Module:
-    """Call the ``module:function`` in ``spec`` with no arguments; it must return a ``torch.nn.Module``."""
+    """Call the ``module:function`` in ``spec`` with no arguments; it must return a ``torch.nn.Module``.
+
+    ``dlib`` is dlib's face recognition ResNet (``idleak.attacks.dlib_target``).
+    """
+    if spec == "dlib":
+        from idleak.attacks.dlib_target import dlib_resnet
+
+        return dlib_resnet()
     factory = load_callable(spec, "--model")
     try:
         model = factory()
@@ -211,8 +218,10 @@ def _trace(model: nn.Module, shape: tuple[int, int, int], modules: dict[str, nn.
 
 
 # -- images -------------------------------------------------------------------------------------------
-def load_images(records: Sequence[Record], shape: Sequence[int]) -> tuple[np.ndarray, list[Record], list]:
-    """Decode and resize images to (C, H, W) float32 in [0, 1].
+def load_images(records: Sequence[Record], shape: Sequence[int],
+                dlib_chips: bool = False) -> tuple[np.ndarray, list[Record], list]:
+    """Decode and resize images to (C, H, W) float32 in [0, 1]; with ``dlib_chips``, each image's
+    aligned face chip (``idleak.faces.dlib_chips``) instead of the whole image.
 
     Returns (array (N, C, H, W), the records kept, excluded [(path, reason, detail)]).
     """
@@ -224,6 +233,10 @@ def load_images(records: Sequence[Record], shape: Sequence[int]) -> tuple[np.nda
         except ImageError as exc:
             excluded.append((record.path, exc.reason, exc.detail))
             continue
+        if dlib_chips:
+            from idleak.faces.dlib_chips import face_chips
+
+            rgb = face_chips([rgb])[0]
         image = Image.fromarray(rgb)
         if c == 1:
             image = image.convert("L")

@@ -16,18 +16,20 @@ def register(app: typer.Typer) -> None:
     @guard
     def invert_cmd(
         out_dir: Annotated[Path, typer.Option("--out", "-o", help="Output folder: summary.json, images.csv, grid_<layer>.png, depth.png, report.html.")],
-        model: Annotated[str | None, typer.Option("--model", help="Target model as module:function returning a torch.nn.Module (inputs (N,C,H,W) in [0,1]; an input_shape attribute (C,H,W) and a classes list are read if present).")] = None,
-        layers: Annotated[str | None, typer.Option("--layers", help="Split points: comma-separated module names (see model.named_modules()), e.g. layer1,layer3.")] = None,
+        model: Annotated[str | None, typer.Option("--model", help="Target model as module:function returning a torch.nn.Module (inputs (N,C,H,W) in [0,1]; an input_shape attribute (C,H,W) and a classes list are read if present), or 'dlib': dlib's face recognition ResNet on its aligned 150x150 chips, split points stem, stage1, stage2, stage3, stage4, stage5 (residual units stage1.0-2, stage2.0-3, stage3.0-2, stage4.0-2, stage5.0; the embedding is not a split: re-identification with the same network would be circular; datafree does not apply: dlib folds BatchNorm into affine layers).")] = None,
+        layers: Annotated[str | None, typer.Option("--layers", help="Split points: comma-separated module names (see model.named_modules()), e.g. layer1,layer3. --model dlib: default stem,stage1,stage2,stage3,stage4,stage5.")] = None,
         aux: Annotated[Path | None, typer.Option("--aux", help="AUX: public face images of OTHER people (folder or manifest); the learned attack trains on them.")] = None,
         private: Annotated[Path | None, typer.Option("--private", help="PRIVATE: the images whose split features the attacker sees; identity sub-folders (or manifest identities) needed for re-identification.")] = None,
         gallery: Annotated[Path | None, typer.Option("--gallery", help="Other photos of the private identities to re-identify against (default: PRIVATE, never matching an image with itself).")] = None,
-        attack: Annotated[str | None, typer.Option("--attack", help="Comma-separated: learned, optimize, class. Default: learned,optimize (+class when the model has classes).")] = None,
+        attack: Annotated[str | None, typer.Option("--attack", help="Comma-separated: learned, optimize, datafree, class. Default: learned,optimize (+class when the model has classes). datafree uses no images: inputs synthesised from the model's BatchNorm statistics.")] = None,
         blockwise: Annotated[bool, typer.Option("--blockwise", help="learned: one inversion module per block between split layers, with cycle consistency (Dong et al.).")] = False,
         defense: Annotated[str | None, typer.Option("--defense", help="module:function applied to the features before the attacker sees them (noise, quantisation ...).")] = None,
         train_target: Annotated[Path | None, typer.Option("--train-target", help="Train idleak's reference face CNN on this identity-labelled folder, split it into target/private/aux, and attack it.")] = None,
         input_shape: Annotated[str | None, typer.Option("--input-shape", help="C,H,W of the model input when it has no input_shape attribute, e.g. 3,112,112.")] = None,
         epochs: Annotated[int, typer.Option(help="learned: training passes over AUX.")] = 30,
         steps: Annotated[int, typer.Option(help="optimize and class: gradient steps.")] = 300,
+        synth_images: Annotated[int, typer.Option(help="datafree: images synthesised from the BatchNorm statistics per split.")] = 128,
+        synth_steps: Annotated[int, typer.Option(help="datafree: gradient steps per synthesised batch.")] = 200,
         alpha: Annotated[float, typer.Option(help="Re-identification threshold: false-match rate for a stranger (leave-one-identity-out on the gallery).")] = 0.01,
         threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's choice).")] = None,
         seed: Annotated[int, typer.Option(help="Seed for data split, training and attacks.")] = 0,
@@ -50,9 +52,10 @@ def register(app: typer.Typer) -> None:
         from idleak.attacks.inversion import AttackSettings
         from idleak.invert_run import InvertSettings, ReferenceOptions, run_invert, run_reference
 
-        if epochs < 1 or steps < 1:
-            raise IdleakError("--epochs and --steps must be at least 1")
-        settings = InvertSettings(attack=AttackSettings(epochs=epochs, steps=steps, class_steps=steps, seed=seed),
+        if min(epochs, steps, synth_images, synth_steps) < 1:
+            raise IdleakError("--epochs, --steps, --synth-images and --synth-steps must be at least 1")
+        settings = InvertSettings(attack=AttackSettings(epochs=epochs, steps=steps, class_steps=steps, seed=seed,
+                                                        synth_images=synth_images, synth_steps=synth_steps),
                                   alpha=alpha, threads=threads, seed=seed)
         shape = _parse_shape(input_shape)
         with RichProgress() as progress:
@@ -64,6 +67,10 @@ def register(app: typer.Typer) -> None:
                                         blockwise=blockwise, defense=defense, settings=settings, cache=cache,
                                         workers=workers, progress=progress)
             else:
+                if model == "dlib" and not layers:
+                    from idleak.attacks.dlib_target import DLIB_LAYERS
+
+                    layers = ",".join(DLIB_LAYERS)
                 missing = [name for name, value in (("--model", model), ("--layers", layers), ("--aux", aux),
                                                     ("--private", private)) if not value]
                 if missing:
@@ -77,6 +84,8 @@ def register(app: typer.Typer) -> None:
         for row in summary["layers"]:
             out.print(f"  {row['layer']:<12} depth {row['depth']:>3}  {row['attack']:<20} PSNR {row['psnr']:6.2f}  "
                       f"SSIM {row['ssim']:.3f}  id-sim {row['identity_similarity']:.3f}  re-id {row['reid_top1']:.0%}", soft_wrap=True)
+        for caveat in summary.get("caveats", []):
+            out.print(f"note: {caveat}", markup=False, highlight=False, soft_wrap=True)
         out.print(f"report: {out_dir / 'report.html'}")
 
 
