@@ -256,3 +256,76 @@ def test_demo_report_shows_the_planted_leak(tmp_path: Path) -> None:
     assert sum(name.startswith("planted_") for name in flagged) >= 6
     assert sum(name.startswith("generated_") for name in flagged) <= 1
     assert "planted_grace_hopper" in report.read_text()
+
+
+# -- input traps of the decision (issue: verdicts you can stand behind) ----------------------------------
+@pytest.mark.slow
+def test_the_same_image_under_two_labels_does_not_blind_the_threshold(planted: dict, cache_dir: Path,
+                                                                       tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    shutil.copytree(planted["real"], real)
+    for k, subject in enumerate((3, 4, 5)):  # label noise: one photo filed under a second identity too
+        shutil.copy(real / f"s{subject}" / "1.pgm", real / f"s{6 + k}" / f"dup_of_s{subject}.pgm")
+    s = audit(planted["syn"], real, tmp_path / "out", cache_dir)
+    clean = audit(planted["syn"], planted["real"], tmp_path / "clean", cache_dir)
+    assert s["excluded"]["duplicate"] == 3
+    assert s["threshold"] == pytest.approx(clean["threshold"]) and s["verdict"] == "leak"
+    assert s["identity_level"]["n_flagged"] == clean["identity_level"]["n_flagged"]
+
+
+@pytest.mark.slow
+def test_identical_files_are_reported_apart_and_make_a_leak(planted: dict, cache_dir: Path, tmp_path: Path) -> None:
+    syn = tmp_path / "syn"
+    for folder in sorted(planted["syn"].glob("stranger_*"))[:10]:
+        shutil.copytree(folder, syn / folder.name)
+    (syn / "copied").mkdir()
+    shutil.copy(planted["real"] / "s2" / "3.pgm", syn / "copied" / "x.pgm")
+    s = audit(syn, planted["real"], tmp_path / "out", cache_dir)
+    assert [p["real_path"] for p in s["identical_files"]] == [str(planted["real"] / "s2" / "3.pgm")]
+    assert s["statistical_verdict"] == "no_evidence_of_leak" and s["verdict"] == "leak"
+    assert s["n_synthetic_faces"] == 20 and "byte-identical" in s["verdict_text"]
+
+
+@pytest.mark.slow
+def test_manual_threshold_gives_flags_and_no_verdict(planted: dict, cache_dir: Path, tmp_path: Path) -> None:
+    code, output = run("audit", "-s", planted["syn"], "-r", planted["real"], "-o", tmp_path / "o", "--cache",
+                       cache_dir, "--threshold", "0.95", "--fail-on-leak")
+    assert code == 0, output  # no verdict, so nothing to fail on
+    s = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert s["verdict"] == "not_tested" and s["method"] == "manual" and s["error_rates"]["false_leak_verdict"] is None
+    assert s["n_flagged"] > 0 and "no stated error rate" in s["limits"]
+
+
+@pytest.mark.slow
+def test_holdout_that_shares_people_or_files_with_real_is_refused(planted: dict, cache_dir: Path,
+                                                                   tmp_path: Path) -> None:
+    shared_files = tmp_path / "hold_files"
+    shutil.copytree(planted["real"] / "s1", shared_files / "someone")
+    code, output = run("audit", "-s", planted["syn"], "-r", planted["real"], "-o", tmp_path / "a", "--cache",
+                       cache_dir, "--holdout", shared_files)
+    assert code == 2 and "shares 5 file(s) with REAL" in output and output.strip().count("\n") == 0, output
+    shared_ids = tmp_path / "hold_ids"
+    shutil.copytree(planted["syn"] / "leak_s1", shared_ids / "s1")  # other photos, same person name
+    code, output = run("audit", "-s", planted["syn"], "-r", planted["real"], "-o", tmp_path / "b", "--cache",
+                       cache_dir, "--holdout", shared_ids)
+    assert code == 2 and "shares 1 identity with REAL (e.g. 's1')" in output, output
+
+
+@pytest.mark.slow
+def test_holdout_null_end_to_end(planted: dict, faces_root: Path, cache_dir: Path, tmp_path: Path) -> None:
+    """REAL: the planted gallery; HOLDOUT: 300 other LFW people (never in REAL); SYN: the planted set."""
+    from conftest import lfw_people
+
+    hold = tmp_path / "holdout"
+    for person in lfw_people(faces_root, 300, offset=5):
+        (hold / person.name).mkdir(parents=True)
+        photo = sorted(person.glob("*.jpg"))[0]
+        (hold / person.name / photo.name).write_bytes(photo.read_bytes())
+    s = audit(planted["syn"], planted["real"], tmp_path / "out", cache_dir, "--holdout", hold)
+    assert s["method"] == "holdout" and s["n_holdout_images"] == 300
+    assert s["null"]["holdout_gallery_used"] >= 290 and s["null"]["size_ratio"] > 1
+    assert 0 <= s["holdout"]["share_closer_to_training"] <= 1 and 0 < s["holdout"]["p_value"] <= 1
+    rows = rank1(tmp_path / "out")
+    copies = [r for r in rows if r["synthetic_identity"].startswith("copy")]
+    assert sum(r["leak"] == "true" for r in copies) >= 15  # near-copies stand out even against a holdout
+    assert sum(r["leak"] == "true" for r in rows if r["synthetic_identity"].startswith("stranger")) <= 2
