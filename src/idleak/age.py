@@ -1,8 +1,8 @@
 """Apparent age from the face embedding: is this face a child's? (``--exclude-children``)
 
 Face models place young children close together, so a generated child matches a real child it has
-never seen (on UTKFace, 78% of children aged 0-12 have another child above the shipped 1:N threshold
-at alpha 0.01, against 8% of adults). Faces predicted to be children can be left out of a leak
+never seen (on UTKFace, 72% of children aged 0-12 have another child above the shipped 1:N threshold
+at alpha 0.01, against 5% of adults). Faces predicted to be children can be left out of a leak
 decision, counted by reason.
 
 The classifier is a logistic regression on the unit embedding, trained offline by
