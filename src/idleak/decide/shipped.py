@@ -125,7 +125,7 @@ class ShippedCalibration:
         return lo
 
     def threshold(self, alpha: float, gallery_size: int) -> ShippedThreshold:
-        """The smallest grid similarity ``t`` whose best-of-N rate (upper bound) is at most ``alpha``: flag ``score > t``."""
+        """The smallest grid similarity ``t`` whose best-of-N rate bound is at most ``alpha``; flag ``score > t``."""
         alpha = _check_alpha(alpha)
         n = _check_size(gallery_size)
         grid = self.scores[self.scores <= self.resolution_score]
