@@ -106,12 +106,12 @@ class ShippedCalibration:
         # the rate is a decreasing step function of t: the grid point at or below s bounds it from above
         idx = np.searchsorted(self.scores, s, side="right") - 1
         table = self.upper if upper else self.rate
-        col = table[:, np.clip(idx, 0, len(self.scores) - 1)]
-        bounds = [np.ceil(n / size) * col[j] for j, size in enumerate(self.sizes) if size <= n]
+        bounds = [np.ceil(n / size) * table[j] for j, size in enumerate(self.sizes) if size <= n]
         above = np.flatnonzero(self.sizes >= n)
         if len(above):
-            bounds.append(col[above[0]])
-        return np.where(idx < 0, 1.0, np.minimum(1.0, np.min(bounds, axis=0)))
+            bounds.append(table[above[0]])
+        curve = np.minimum(1.0, np.min(bounds, axis=0))  # per grid point
+        return np.where(idx < 0, 1.0, curve[np.clip(idx, 0, len(self.scores) - 1)])
 
     def max_gallery_size(self, alpha: float) -> int:
         """The largest gallery for which a threshold at ``alpha`` is resolved (0: none)."""
