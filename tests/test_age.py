@@ -43,6 +43,17 @@ def test_children_and_adults_told_apart(faces):
     assert ((0 <= p) & (p <= 1)).all() and np.median(p) > np.median(child_probability(faces["adults"], MODEL))
 
 
+def test_children_sit_closer_together_than_adults(faces):
+    """The dense region --exclude-children is for: a young child's nearest other child is closer than an adult's."""
+    def nearest(v: np.ndarray) -> np.ndarray:
+        sims = v @ v.T
+        np.fill_diagonal(sims, -np.inf)
+        return sims.max(1)
+
+    children, adults = nearest(faces["children"]), nearest(faces["adults"])
+    assert np.median(children) > np.median(adults) + 0.01, (np.median(children), np.median(adults))
+
+
 def test_minor_cut_flags_at_least_the_young_children(faces):
     assert is_child(faces["children"], MODEL, under=18).mean() >= 0.85
     assert is_child(faces["adults"], MODEL, under=18).mean() <= 0.15
