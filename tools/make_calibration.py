@@ -1,13 +1,15 @@
 """Rebuild src/idleak/data/calibration.json: the shipped impostor calibration (see idleak/decide/shipped.py).
 
 Built from LFW (in-the-wild colour photos, 5,749 people): identities are split by a hash of the name
-(``idleak.decide.shipped.lfw_build_part``, 70% build / 30% held out). On the build part, every pair of
-faces of different people is scored; each pair of *identities* weighs 1 (a face pair weighs
-1 / (m_a m_b)), giving the per-comparison impostor rate q(t) on a grid; its upper 95% bound comes
-from an identity-level bootstrap (identities resampled with replacement). Then it is validated on
-people it was not built from: random galleries of held-out LFW identities, each face searched
-against the gallery without its own identity (leave-one-identity-out), flagged at the shipped
-threshold; and the same per population (ORL, Extended Yale B, johns, fr, UTKFace adults/children).
+(``idleak.decide.shipped.lfw_build_part``, 70% build / 30% held out). On the build part, every face is a
+stranger (each person weighs 1, shared by their photos) searched against everyone else: per grid score
+t, how many other people beat t (a photo of a person with m photos counts 1/m); from that, the
+probability that its best match among N people beats t (unbiased, N = 1 ... 2,000); its upper 95%
+bound comes from an identity-level bootstrap (people resampled with replacement, as strangers and as
+gallery together). Then it is validated on people it was not built from: random galleries of held-out
+LFW people, each face searched against the gallery without its own identity (leave-one-identity-out),
+flagged at the shipped threshold; and the same per population (ORL, Extended Yale B, johns, fr,
+UTKFace adults/minors/children).
 
     python tools/make_calibration.py [--faces ../shared/data/faces] [--ages ../shared/data/ages/utkface]
                                      [--stores /tmp/idleak-calibration]
@@ -151,9 +153,9 @@ def fit(vectors: np.ndarray, groups: np.ndarray, seed: int = 0, block: int = 500
         "n_identities": int(n_ids),
         "n_identity_pairs": int(n_ids * (n_ids - 1) // 2),
         "method": (f"per stranger face (each identity weighs 1, shared by its photos), the share of other "
-                   f"identities whose random photo beats the "
-                   f"score (photos weigh 1/m); a gallery of N distinct people misses it with probability estimated "
-                   f"without bias by C(G-1-k, N)/C(G-1, N); rates for N in {SIZES}; upper bound: "
+                   f"identities whose random photo beats the score (photos weigh 1/m); a gallery of N distinct people "
+                   f"misses it with probability estimated without bias by C(G-1-k, N)/C(G-1, N); "
+                   f"rates for N in {SIZES}; upper bound: "
                    f"{CONFIDENCE:.0%} quantile of {N_BOOT} identity-level bootstrap replicates (strangers and "
                    f"gallery resampled together; scores above {BOOT_FROM}, below it the same relative margin); "
                    f"other N by monotonicity and the union bound over blocks; resolved while at least {MIN_PAIRS} "
