@@ -12,7 +12,7 @@ an identity-level bootstrap.
   bias by C(G-1-k, N) / C(G-1, N). Averaging over strangers keeps what a per-comparison rate loses:
   a stranger in a dense region of the face space matches many people at once. (A per-comparison
   rate ``q`` turned into ``1 - (1 - q)^N`` assumes independent scores and is optimistic for such
-  strangers; ``N q``, the union bound, is valid but 1.5-3x conservative on held-out LFW at alpha 0.05.)
+  strangers; ``N q``, the union bound, is valid but about 2x conservative on held-out LFW at alpha 0.05.)
 * **Other gallery sizes** only by valid bounds: monotonicity in ``N`` and the union bound over blocks,
   ``P(best of N) <= ceil(N / n) P(best of n)`` (holds under any dependence).
 * **Several photos per identity** in the gallery: treated as that many people, which is conservative
@@ -42,7 +42,7 @@ from idleak.errors import IdleakError
 
 #: Fewer distinct identity pairs than this above a score: its rate is not resolved.
 MIN_PAIRS = 20
-#: Share of LFW identities the calibration is built from (the rest validate it).
+#: Tenths of LFW identities the calibration is built from (the rest validate it).
 BUILD_SHARE = 7
 
 
