@@ -79,7 +79,9 @@ def test_beyond_the_data_it_refuses_rather_than_extrapolates(cal):
     assert "--holdout" in t.details["reason"] and "\n" not in t.details["reason"]
     # no p-value is smaller than what the data resolves, however high the score
     floor = cal.p_value(np.array([cal.resolution_score]), 10**6)[0]
-    assert cal.p_value(np.array([1.0]), 10**6)[0] == floor > 0.01
+    assert cal.p_value(np.array([1.0]), 10**6)[0] == floor == cal.resolution(10**6) > 0.01
+    assert cal.resolution(most) <= 0.01 < cal.resolution(most + 1)
+    assert cal.smallest_rate == cal.resolution(1) < 1e-4
 
 
 def test_bad_input_is_a_one_line_error(cal):

@@ -113,15 +113,24 @@ class ShippedCalibration:
         curve = np.minimum(1.0, np.min(bounds, axis=0))  # per grid point
         return np.where(idx < 0, 1.0, curve[np.clip(idx, 0, len(self.scores) - 1)])
 
+    def resolution(self, gallery_size: int) -> float:
+        """The smallest false-flag rate resolved for a gallery of this size (no p-value goes below it)."""
+        return float(self.false_flag_rate(self.resolution_score, gallery_size)[()])
+
+    @property
+    def smallest_rate(self) -> float:
+        """The smallest per-comparison (1:1) false-match rate resolved; ``resolution(N)`` is the 1:N one."""
+        return self.resolution(1)
+
     def max_gallery_size(self, alpha: float) -> int:
         """The largest gallery for which a threshold at ``alpha`` is resolved (0: none)."""
         alpha = _check_alpha(alpha)
         lo, hi = 0, 1
-        while self.false_flag_rate(self.resolution_score, hi)[()] <= alpha:
+        while self.resolution(hi) <= alpha:
             lo, hi = hi, hi * 2
         while hi - lo > 1:
             mid = (lo + hi) // 2
-            lo, hi = (mid, hi) if self.false_flag_rate(self.resolution_score, mid)[()] <= alpha else (lo, mid)
+            lo, hi = (mid, hi) if self.resolution(mid) <= alpha else (lo, mid)
         return lo
 
     def threshold(self, alpha: float, gallery_size: int) -> ShippedThreshold:
@@ -144,7 +153,7 @@ class ShippedCalibration:
             "population": "in-the-wild colour photos of adults (LFW)",
         }
         if len(ok) == 0:
-            floor = float(self.false_flag_rate(self.resolution_score, n)[()])
+            floor = self.resolution(n)
             details["reason"] = (
                 f"a stranger's best match among {n} faces cannot be held at alpha {alpha:g}: the shipped calibration "
                 f"resolves false-flag rates only down to {floor:.2g} "
