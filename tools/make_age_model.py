@@ -15,7 +15,6 @@ UTKFace is for non-commercial research only; so are these coefficients.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
@@ -25,6 +24,7 @@ import numpy as np
 from make_calibration import ROOT, embedded_faces, utk_age
 from sklearn.linear_model import LogisticRegressionCV
 
+from idleak.age import utk_train_part
 from idleak.decide.shipped import load_shipped
 
 CUTS = [13, 18]
@@ -34,11 +34,6 @@ TERMS = ("UTKFace (Zhang, Song, Qi: 'Age Progression/Regression by Conditional A
          "CVPR 2017; https://susanqq.github.io/UTKFace/) is available for non-commercial research purposes "
          "only; the copyright of the images belongs to their owners. These coefficients are derived from it "
          "and carry the same restriction.")
-
-
-def train_part(path: str) -> bool:
-    """70% of UTKFace photos train the classifier (BLAKE2b-32 of the file name % 10 < 7); the rest test it."""
-    return int.from_bytes(hashlib.blake2b(Path(path).name.encode(), digest_size=4).digest(), "big") % 10 < 7
 
 
 def band_name(lo: int, hi: int) -> str:
@@ -85,7 +80,7 @@ def main() -> int:
 
     model_id = load_embedder(parse_model("dlib")).model_id
     ages = np.array([utk_age(p) for p in utk.paths])
-    train = np.array([train_part(p) for p in utk.paths])
+    train = np.array([utk_train_part(p) for p in utk.paths])
     classifiers = {}
     for cut in CUTS:
         y = ages < cut

@@ -117,7 +117,7 @@ class Null:
     def resolution(self) -> float:
         """The smallest level this null resolves (0 for a threshold given by hand)."""
         if self.kind == "shipped":  # union bound over the gallery at the calibration's smallest resolved rate
-            return min(1.0, self.gallery_size * self.shipped.smallest_rate)
+            return self.shipped.resolution(self.gallery_size)
         if not self.empirical:
             return 0.0
         return 1 - (1 - stats.smallest_level(self.m)) ** self.size_ratio
