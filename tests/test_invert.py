@@ -25,7 +25,7 @@ KEYS = {"layer", "depth", "attack", "psnr", "ssim", "identity_similarity", "reid
 
 def _settings(epochs: int = 20, steps: int = 150) -> InvertSettings:
     return InvertSettings(attack=AttackSettings(epochs=epochs, steps=steps, class_steps=steps, synth_images=SYNTH[0],
-                                                synth_steps=SYNTH[1]), threads=2, target_epochs=20)
+                                                synth_steps=SYNTH[1]), threads=1, target_epochs=20)
 
 
 def _row(summary: dict, layer: str, attack: str) -> dict:
