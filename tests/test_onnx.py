@@ -140,7 +140,9 @@ def test_onnx_audit_end_to_end_and_store_tied_to_model(tmp_path: Path, faces_roo
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["model"].startswith("onnx:") and summary["method"] == "leave_one_identity_out"
-    assert summary["n_real_faces"] == 55 and summary["n_synthetic_faces"] == 11
+    # johns holds one photo twice (counted once); SYN's 11 files are REAL's own: identical files, not faces to test
+    assert summary["n_real_faces"] == 54 and summary["excluded"]["duplicate"] == 1
+    assert len(summary["identical_files"]) == 11 and summary["verdict"] == "leak"
     store = tmp_path / "store"
     assert runner.invoke(app, ["embed", str(johns / "John_Simm"), "--store", str(store), "--model", f"onnx:{model}",
                                "--aligned", "-j", "1"]).exit_code == 0

@@ -70,14 +70,17 @@ def test_killed_run_resumes_without_redoing_work(orl_subset: Path, tmp_path: Pat
     assert "embedded 0 new images" in again.stdout
 
 
-def test_sigterm_flushes_what_was_computed(orl_subset: Path, tmp_path: Path) -> None:
+def test_sigterm_flushes_what_was_computed(faces_root: Path, tmp_path: Path) -> None:
+    import psutil
+
     store_path = tmp_path / "store"
-    proc = subprocess.Popen(embed_cmd(orl_subset, store_path, "--workers", "1", "--flush-every", "1000"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 60
-    while time.time() < deadline and not (store_path / "store.json").exists():
-        time.sleep(0.05)
-    time.sleep(3.0)  # some images embedded, none flushed yet (flush every 1000)
+    # dlib's own runtime, one process, all of ORL: seconds of work per few images, nothing flushed before the end
+    proc = subprocess.Popen(embed_cmd(faces_root / "orl", store_path, "--workers", "1", "--flush-every", "1000",
+                                      "--runtime", "dlib"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    watched = psutil.Process(proc.pid)
+    while proc.poll() is None and sum(watched.cpu_times()[:2]) < 8.0:  # loading (~3 s of CPU) + some images
+        watched.cpu_percent(0.2)  # blocks 0.2 s between polls
+    assert proc.poll() is None, "the embed finished before it could be interrupted"
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr

@@ -353,7 +353,9 @@ class EmbeddingStore:
         back = np.argsort(np.concatenate(positions)) if positions else np.zeros(0, np.int64)
         schema = meta_schema()
         for c in columns:
-            col = pa.chunked_array(parts[c], type=schema.field(c).type)
+            kind = schema.field(c).type  # Parquet names list items "element": cast back to the schema's type
+            chunks = [chunk.cast(kind) for part in parts[c] for chunk in part.chunks]
+            col = pa.chunked_array(chunks, type=kind)
             out[c] = _column(col, back)
         return out
 
