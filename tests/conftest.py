@@ -32,7 +32,7 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def workspace(cache_dir: Path):
     """A dlib ``Workspace`` on the session cache (2 worker processes)."""
-    from idleak.api import Workspace
+    from idleak.jobs.workspace import Workspace
 
     return Workspace("dlib", cache=cache_dir, workers=2)
 

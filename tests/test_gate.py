@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 from idleak.analyses.gate import GateOptions
 from idleak.cli import app
 from idleak.errors import IdleakError
-from idleak.release import gate, report
+from idleak.jobs.gate import gate
+from idleak.jobs.report import report
 from idleak.review.candidates import load_candidates
 from idleak.review.db import VerdictStore
 

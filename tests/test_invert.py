@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 from typer.testing import CliRunner  # noqa: E402
 
 from idleak.attacks.inversion import AttackSettings  # noqa: E402
-from idleak.invert_run import InvertSettings, ReferenceOptions, run_invert, run_reference  # noqa: E402
+from idleak.jobs.invert import InvertSettings, ReferenceOptions, run_invert, run_reference  # noqa: E402
 from idleak.sources import Record  # noqa: E402
 
 #: datafree in the tests: images synthesised per split, gradient steps per batch

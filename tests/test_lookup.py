@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 from idleak.analyses.lookup import LookupOptions
 from idleak.cli import app
 from idleak.errors import IdleakError
-from idleak.release import lookup, report
+from idleak.jobs.lookup import lookup
+from idleak.jobs.report import report
 from idleak.review.candidates import load_candidates
 from idleak.review.db import VerdictStore
 

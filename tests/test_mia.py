@@ -29,6 +29,7 @@ from idleak.cli import app
 from idleak.embedding import FaceSet
 from idleak.errors import IdleakError
 from idleak.generators import call_batch, load_callable, sample_to_folder, without_sample_list
+from idleak.jobs.mia import count_training_folder, mia, read_train_counts
 from idleak.metrics import (
     auc_mann_whitney,
     bootstrap,
@@ -39,7 +40,6 @@ from idleak.metrics import (
     tpr_at_fpr_direct,
     tpr_at_fpr_from_curve,
 )
-from idleak.mia_run import count_training_folder, mia, read_train_counts
 from idleak.sources import open_source
 
 HERE = Path(__file__).resolve().parent

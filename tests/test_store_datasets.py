@@ -41,7 +41,7 @@ def embedded(faces_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
 
 def test_store_source_is_one_dataset_read_only_and_self_contained(embedded: dict, faces_root: Path,
                                                                    tmp_path: Path) -> None:
-    from idleak.api import Workspace
+    from idleak.jobs.workspace import Workspace
 
     # move the store and the originals: the store alone is enough, its files are never re-read
     store = tmp_path / "moved-store"

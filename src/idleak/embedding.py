@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
 from collections import Counter
@@ -113,17 +115,80 @@ def embed_pending(embedder: Embedder, images: list[list[dict]]) -> list[list[dic
 _WORKER_EMBEDDER: Embedder | None = None
 
 
-def _init_worker(spec: EmbedderSpec) -> None:
+def file_timeout() -> float:
+    """Seconds one file may take in a worker before it is given up as ``timeout``: $IDLEAK_FILE_TIMEOUT [60]."""
+    value = os.environ.get("IDLEAK_FILE_TIMEOUT", "60")
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise IdleakError(f"IDLEAK_FILE_TIMEOUT must be a number of seconds, not {value!r}") from None
+    if seconds <= 0:
+        raise IdleakError(f"IDLEAK_FILE_TIMEOUT must be more than 0 seconds, got {value}")
+    return seconds
+
+
+class _FileTimeout(Exception):
+    pass
+
+
+def _on_alarm(signum: int, frame: object) -> None:
+    raise _FileTimeout
+
+
+def timed_rows(embedder: Embedder, path: str, content_hash: str, identity: str | None, aligned: bool,
+               embed: bool, seconds: float) -> list[dict]:
+    """``image_rows`` under a time limit (SIGALRM, main thread only): a hung decode becomes a ``timeout`` row."""
+    if threading.current_thread() is not threading.main_thread():
+        return image_rows(embedder, path, content_hash, identity, aligned, embed=embed)
+    previous = signal.signal(signal.SIGALRM, _on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        return image_rows(embedder, path, content_hash, identity, aligned, embed=embed)
+    except _FileTimeout:
+        return [{"hash": content_hash, "aligned": aligned, "path": path, "identity": identity, "face": -1,
+                 "n_faces": 0, "reason": "timeout", "detail": f"gave up after {seconds:g} s (IDLEAK_FILE_TIMEOUT)"}]
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _die_with_parent(parent: int) -> None:
+    """A worker exits when the process that started it dies, whatever the signal (kill -9 included):
+    Linux's PR_SET_PDEATHSIG, plus a check for a parent that died before it was set."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _start_worker(parent: int) -> None:
+    """Initializer of forked workers (they inherit the loaded model)."""
+    _die_with_parent(parent)
+
+
+def _init_worker(spec: EmbedderSpec, parent: int | None = None) -> None:
     global _WORKER_EMBEDDER
+    if parent is not None:
+        _die_with_parent(parent)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     _WORKER_EMBEDDER = load_embedder(spec)
 
 
-def _work_chunk(items: list[tuple[str, str, str | None]], aligned: bool) -> list[list[dict]]:
-    """In a worker: decode, detect, align, and embed too unless the model is batched in the parent."""
+def _work_chunk(items: list[tuple[str, str, str | None]], aligned: bool,
+                seconds: float | None = None) -> list[list[dict]]:
+    """In a worker: decode, detect, align, and embed too unless the model is batched in the parent;
+    each file within ``seconds`` (default $IDLEAK_FILE_TIMEOUT)."""
     assert _WORKER_EMBEDDER is not None
+    if os.getppid() == 1:  # orphaned (no PDEATHSIG on this platform): stop instead of working for nobody
+        os._exit(1)
     embed = not _WORKER_EMBEDDER.batched
-    return [image_rows(_WORKER_EMBEDDER, p, h, i, aligned, embed=embed) for p, h, i in items]
+    seconds = seconds or file_timeout()
+    return [timed_rows(_WORKER_EMBEDDER, p, h, i, aligned, embed, seconds) for p, h, i in items]
 
 
 def start_method() -> str:
@@ -142,9 +207,10 @@ def _worker_pool(workers: int, spec: EmbedderSpec, embedder: Embedder | None) ->
         _WORKER_EMBEDDER = embedder or load_embedder(spec)  # inherited by the forked workers
         with warnings.catch_warnings():  # Python 3.12+ warns about fork with threads; workers use none
             warnings.simplefilter("ignore", DeprecationWarning)
-            return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+            return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                                       initializer=_start_worker, initargs=(os.getpid(),))
     return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method),
-                               initializer=_init_worker, initargs=(spec,))
+                               initializer=_init_worker, initargs=(spec, os.getpid()))
 
 
 def default_workers() -> int:
@@ -235,15 +301,17 @@ def embed_records(
                                            address=ray_address):
                     write([rows])
             elif workers == 1 or total < 2 * chunk_size:
+                seconds = file_timeout()
                 for path, content_hash, identity in items:
-                    take([image_rows(local, path, content_hash, identity, aligned, embed=not local.batched)])
+                    take([timed_rows(local, path, content_hash, identity, aligned, not local.batched, seconds)])
             else:
+                seconds = file_timeout()
                 chunks = [items[i:i + chunk_size] for i in range(0, total, chunk_size)]
                 with _worker_pool(workers, spec, local) as pool:
                     futures: set[Future] = set()
                     queue = iter(chunks)
                     for chunk in queue:
-                        futures.add(pool.submit(_work_chunk, chunk, aligned))
+                        futures.add(pool.submit(_work_chunk, chunk, aligned, seconds))
                         if len(futures) >= 3 * workers:
                             break
                     while futures:
@@ -251,7 +319,7 @@ def embed_records(
                         for future in finished:
                             nxt = next(queue, None)
                             if nxt is not None:  # keep the workers busy while the parent runs a batch
-                                futures.add(pool.submit(_work_chunk, nxt, aligned))
+                                futures.add(pool.submit(_work_chunk, nxt, aligned, seconds))
                             take(future.result())
         finally:
             if pending:  # also on Ctrl-C / SIGTERM: what was prepared is embedded and kept

@@ -6,7 +6,9 @@ RGBA, CMYK, 16-bit and float images all turned into 8-bit RGB.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -36,16 +38,31 @@ def max_pixels() -> int:
     return int(value) if value else DEFAULT_MAX_PIXELS
 
 
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, in words."""
+    for test, kind in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return f"{kind}, not a regular file"
+    return "not a regular file"
+
+
 def load_rgb(path: str | os.PathLike[str], limit: int | None = None) -> np.ndarray:
     """Decode ``path`` to an ``HxWx3`` uint8 RGB array; raise ``ImageError`` with a reason if it can't."""
     name = str(path)
     limit = max_pixels() if limit is None else limit
     try:
-        size = Path(path).stat().st_size
+        info = Path(path).stat()
     except FileNotFoundError:
-        raise ImageError(name, "missing") from None
+        raise ImageError(name, "missing", "no such file (or a broken link)") from None
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ImageError(name, "symlink_loop", "a symbolic link that points back to itself") from None
         raise ImageError(name, "unreadable", exc.strerror or str(exc)) from None
+    if not stat.S_ISREG(info.st_mode):  # a FIFO, socket or device: never opened (a FIFO would block for ever)
+        raise ImageError(name, "not_a_file", file_kind(info.st_mode))
+    size = info.st_size
     if size == 0:
         raise ImageError(name, "empty_file")
     try:
@@ -68,7 +85,8 @@ def load_rgb(path: str | os.PathLike[str], limit: int | None = None) -> np.ndarr
         raise ImageError(name, "unreadable", exc.strerror or "permission denied") from None
     except OSError as exc:
         text = str(exc)
-        reason = "truncated" if "truncated" in text or "broken data stream" in text else "corrupt"
+        truncated = any(s in text for s in ("truncated", "broken data stream", "premature end", "end of file"))
+        reason = "truncated" if truncated else "corrupt"
         raise ImageError(name, reason, text.splitlines()[0][:120] if text else "") from None
     except (SyntaxError, ValueError, EOFError, IndexError, TypeError, ZeroDivisionError) as exc:
         raise ImageError(name, "corrupt", str(exc).splitlines()[0][:120] if str(exc) else "") from None

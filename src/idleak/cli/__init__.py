@@ -1,8 +1,9 @@
-"""The ``idleak`` command line: argument parsing and presentation only; the work is in ``idleak.api``."""
+"""The ``idleak`` command line: argument parsing and presentation only; the work is in ``idleak.jobs``."""
 
 from __future__ import annotations
 
 import functools
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -27,11 +28,22 @@ out = Console(highlight=False)
 COMMAND_MODULES = ("idleak.cli.core", "idleak.cli.mia", "idleak.cli.invert", "idleak.cli.release", "idleak.cli.store")
 
 
+def terminate_as_interrupt() -> None:
+    """SIGTERM unwinds like Ctrl-C, so what a command has computed (buffered embeddings, review verdicts)
+    is flushed before it exits."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def guard(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn ``IdleakError`` (bad input) into a one-line message and exit code 2."""
+    """Every command: SIGTERM as an interrupt; ``IdleakError`` (bad input) as a one-line message and exit code 2."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        terminate_as_interrupt()
         try:
             return fn(*args, **kwargs)
         except IdleakError as exc:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -33,15 +32,6 @@ def model_options(input_mean: float | None, input_std: float | None, bgr: bool, 
                   runtime: str | None = None, device: str | None = None, detector: str | None = None) -> dict:
     return {"mean": input_mean, "std": input_std, "bgr": True if bgr else None, "batch_size": batch_size,
             "runtime": runtime, "device": device, "detector": detector}
-
-
-def _terminate_as_interrupt() -> None:
-    """SIGTERM unwinds like Ctrl-C, so buffered embeddings are flushed to the store."""
-
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, handler)
 
 
 def register(app: typer.Typer) -> None:
@@ -87,9 +77,8 @@ def register(app: typer.Typer) -> None:
         faces pass it than chance allows.
         """
         from idleak.analyses.audit import AuditOptions
-        from idleak.api import audit
+        from idleak.jobs.audit import audit
 
-        _terminate_as_interrupt()
         options = AuditOptions(alpha=alpha, top_k=top_k, method=method, score=score, threshold=threshold, fmr=fmr,
                                exclude_children=exclude_children, search=search, device=device, engine=engine,
                                ray_address=ray_address)
@@ -136,9 +125,8 @@ def register(app: typer.Typer) -> None:
         detector: Detector = None,
     ) -> None:
         """Embed images once into a store; later runs reuse it and a killed run resumes."""
-        from idleak.api import embed
+        from idleak.jobs.embed import embed
 
-        _terminate_as_interrupt()
         with RichProgress() as progress:
             stats, target = embed(path, store, model=model, aligned=aligned, workers=workers, progress=progress,
                                   flush_every=flush_every, name=name, engine=engine, ray_address=ray_address,
@@ -157,7 +145,7 @@ def register(app: typer.Typer) -> None:
         workers: Workers = None,
     ) -> None:
         """Run a whole audit offline on a small example with a planted leak; prints where the report is."""
-        from idleak.demo import run_demo
+        from idleak.jobs.demo import run_demo
 
         with RichProgress() as progress:
             result = run_demo(out_dir, workers=workers, progress=progress)

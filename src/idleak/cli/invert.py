@@ -41,7 +41,7 @@ def register(app: typer.Typer) -> None:
         Either attack your model (--model, --layers, --aux, --private) or let idleak train its
         reference target on a labelled folder (--train-target FOLDER).
         """
-        from idleak.invert_run import torch_missing_message
+        from idleak.jobs.invert import torch_missing_message
 
         try:
             import torch  # noqa: F401
@@ -50,7 +50,7 @@ def register(app: typer.Typer) -> None:
             err.print(f"error: {torch_missing_message()}", markup=False, highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         from idleak.attacks.inversion import AttackSettings
-        from idleak.invert_run import InvertSettings, ReferenceOptions, run_invert, run_reference
+        from idleak.jobs.invert import InvertSettings, ReferenceOptions, run_invert, run_reference
 
         if min(epochs, steps, synth_images, synth_steps) < 1:
             raise IdleakError("--epochs, --steps, --synth-images and --synth-steps must be at least 1")

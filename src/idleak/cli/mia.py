@@ -51,7 +51,7 @@ def register(app: typer.Typer) -> None:
         """
         from idleak.analyses.mia import MiaOptions
         from idleak.attacks.latent_recovery import RecoveryOptions
-        from idleak.mia_run import mia
+        from idleak.jobs.mia import mia
 
         options = MiaOptions(alpha=alpha, n_bootstrap=bootstrap)
         recovery = RecoveryOptions(steps=steps, restarts=restarts, lr=lr, batch_size=batch_size, seed=seed)

@@ -8,7 +8,19 @@ from typing import Annotated
 import typer
 
 from idleak.cli import RichProgress, err, guard, out, warn_excluded
-from idleak.cli.core import Cache, Model, Workers
+from idleak.cli.core import (
+    BatchSize,
+    Bgr,
+    Cache,
+    Detector,
+    Device,
+    InputMean,
+    InputStd,
+    Model,
+    Runtime,
+    Workers,
+    model_options,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -34,6 +46,13 @@ def register(app: typer.Typer) -> None:
         model: Model = "dlib",
         cache: Cache = None,
         workers: Workers = None,
+        input_mean: InputMean = None,
+        input_std: InputStd = None,
+        bgr: Bgr = False,
+        batch_size: BatchSize = None,
+        runtime: Runtime = None,
+        device: Device = None,
+        detector: Detector = None,
     ) -> None:
         """Release gate: release only synthetic images that pass the audit's calibrated test.
 
@@ -42,14 +61,15 @@ def register(app: typer.Typer) -> None:
         could not check. With --generator, samples are drawn and checked until N are accepted.
         """
         from idleak.analyses.gate import GateOptions
-        from idleak.release import gate
+        from idleak.jobs.gate import gate
 
         options = GateOptions(alpha=alpha, method=method, threshold=threshold)
         with RichProgress() as progress:
             result = gate(real, out_dir, synthetic=synthetic, generator=generator, n=n, mode=mode, options=options,
                           model=model, cache=cache, exclude=exclude, faces=faces, aligned_synthetic=aligned_synthetic,
                           aligned_real=aligned_real, workers=workers, progress=progress, seed=seed,
-                          sample_batch=sample_batch, max_draws=max_draws)
+                          sample_batch=sample_batch, max_draws=max_draws,
+                          **model_options(input_mean, input_std, bgr, batch_size, runtime, device, detector))
         s = result.summary
         warn_excluded(s["excluded"], out_dir / "excluded.csv")
         out.print(s["verdict_text"])
@@ -75,6 +95,13 @@ def register(app: typer.Typer) -> None:
         model: Model = "dlib",
         cache: Cache = None,
         workers: Workers = None,
+        input_mean: InputMean = None,
+        input_std: InputStd = None,
+        bgr: Bgr = False,
+        batch_size: BatchSize = None,
+        runtime: Runtime = None,
+        device: Device = None,
+        detector: Detector = None,
     ) -> None:
         """Personal lookup: is this person's face in these datasets?
 
@@ -83,13 +110,14 @@ def register(app: typer.Typer) -> None:
         (summary.json and the report say why).
         """
         from idleak.analyses.lookup import LookupOptions
-        from idleak.release import lookup
+        from idleak.jobs.lookup import lookup
 
         options = LookupOptions(alpha=alpha, method=method, threshold=threshold)
         with RichProgress() as progress:
             result = lookup(person, datasets, out_dir, options=options, model=model, cache=cache,
                             aligned_person=aligned_person, aligned_datasets=aligned_datasets, workers=workers,
-                            progress=progress)
+                            progress=progress,
+                            **model_options(input_mean, input_std, bgr, batch_size, runtime, device, detector))
         s = result.summary
         warn_excluded(s["excluded"], out_dir / "excluded.csv")
         colour = "red" if s["found"] else "green"
@@ -132,7 +160,7 @@ def register(app: typer.Typer) -> None:
         out_dir: Annotated[Path, typer.Argument(help="OUT folder of any idleak analysis.")],
     ) -> None:
         """Rebuild report.html and summary.json from OUT, with the human review counts from OUT/review.sqlite."""
-        from idleak.release import report
+        from idleak.jobs.report import report
 
         summary = report(out_dir)
         r = summary.get("review")

@@ -92,6 +92,6 @@ def _cache_root(cache_root: str | None):
 
     if cache_root:
         return Path(cache_root)
-    from idleak.api import default_cache_root  # lazy: api imports this package
+    from idleak.jobs.workspace import default_cache_root  # lazy: jobs import this package
 
     return default_cache_root()

@@ -91,7 +91,7 @@ def build_demo_data(root: str | os.PathLike[str]) -> tuple[Path, Path]:
 
 def run_demo(out: str | os.PathLike[str], workers: int | None = None, progress=None) -> AuditResult:
     """Build the demo data under ``out/data`` and audit it into ``out/audit`` (store in ``out/store``)."""
-    from idleak.api import audit
+    from idleak.jobs.audit import audit
 
     out = Path(out)
     real_dir, syn_dir = build_demo_data(out / "data")

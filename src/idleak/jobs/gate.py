@@ -1,9 +1,7 @@
-"""Release gate, personal lookup and report rebuilding, as functions (what ``idleak gate``,
-``idleak lookup`` and ``idleak report`` run).
+"""``idleak gate``: release only the synthetic images that pass the audit's calibrated test.
 
-    from idleak.release import gate, lookup
+    from idleak.jobs.gate import gate
     result = gate("real/", "gate-out", synthetic="synthetic/", mode="copy")
-    found = lookup("me/", ["dataset-a/", "dataset-b/"], "lookup-out")
 """
 
 from __future__ import annotations
@@ -19,12 +17,12 @@ from pathlib import Path
 import numpy as np
 
 from idleak.analyses.gate import GateDecision, GateOptions, calibrate_gate, gate_faces
-from idleak.analyses.lookup import DatasetLookup, LookupOptions, check_person, lookup_dataset, statement
-from idleak.api import ProgressFactory, Workspace, read_exclusions, versions
 from idleak.decide import METHOD_TEXT, GalleryDecider
 from idleak.errors import IdleakError
 from idleak.generators import load_callable, to_uint8_rgb
-from idleak.outputs import write_excluded, write_json, write_summary_and_report, write_table
+from idleak.jobs.edge import read_exclusions
+from idleak.jobs.workspace import ProgressFactory, Workspace, versions
+from idleak.outputs import write_excluded, write_summary_and_report, write_table
 from idleak.sources import Record, Source, open_source
 
 MODES = ("list", "copy", "link")
@@ -34,10 +32,8 @@ ACCEPTED_COLUMNS = ["path", "similarity", "real_path", "real_identity", "statist
 REJECTED_COLUMNS = ["path", "reason", "real_path", "real_identity", "similarity", "detail", "statistic", "p_value"]
 SAMPLE_COLUMNS = ["seed", "index", "batch_n"]
 BOX_COLUMNS = ["box", "real_box"]
-MATCH_COLUMNS = ["dataset", "dataset_path", "dataset_identity", "person_path", "similarity", "identical_file"]
 
 
-# -- gate ------------------------------------------------------------------------------------------------
 @dataclass
 class GateRun:
     """What ``gate`` decided and wrote."""
@@ -294,7 +290,7 @@ def _gate_summary(decision: GateDecision, threshold: GalleryDecider, options: Ga
         "n_rejected_leak": n_leak,
         "n_rejected_unchecked": unchecked,
         "expected_false_rejections": options.alpha * (n_images - unchecked),
-        "leaked_real_identities": _count(r["real_identity"] or f"(unlabelled) {r['real_path']}"
+        "leaked_real_identities": count_values(r["real_identity"] or f"(unlabelled) {r['real_path']}"
                                          for r in decision.rejected if r["reason"] == "leak"),
         "threshold": threshold.value,
         "alpha": options.alpha,
@@ -320,142 +316,8 @@ def _gate_summary(decision: GateDecision, threshold: GalleryDecider, options: Ga
     }
 
 
-def _count(values) -> dict[str, int]:
+def count_values(values) -> dict[str, int]:
     counts: dict[str, int] = {}
     for value in values:
         counts[str(value)] = counts.get(str(value), 0) + 1
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
-
-
-# -- lookup ----------------------------------------------------------------------------------------------
-@dataclass
-class LookupRun:
-    """What ``lookup`` found and wrote."""
-
-    datasets: list[DatasetLookup]
-    summary: dict = field(default_factory=dict)
-
-    @property
-    def found(self) -> bool:
-        return any(d.found for d in self.datasets)
-
-
-def lookup(person: str | os.PathLike[str], datasets: list[str | os.PathLike[str]], out: str | os.PathLike[str],
-           options: LookupOptions | None = None, model: str = "dlib", cache: str | os.PathLike[str] | None = None,
-           aligned_person: bool = False, aligned_datasets: bool = False, workers: int | None = None,
-           progress: ProgressFactory | None = None, report: bool = True, workspace: Workspace | None = None,
-           **model_options: object) -> LookupRun:
-    """Search one person's photos in each dataset (folder, manifest or store) against its calibrated threshold.
-
-    Writes matches.csv (+ .parquet with face boxes), excluded.csv, summary.json (with a plain-language
-    statement of what the result does and does not prove) and report.html.
-    """
-    started = time.perf_counter()
-    options = options or LookupOptions()
-    if not datasets:
-        raise IdleakError("give at least one dataset with --in")
-    if not 0 < options.alpha < 1:
-        raise IdleakError(f"--alpha must be between 0 and 1, got {options.alpha}")
-    out = Path(out)
-    person_source = open_source(person, "--person")
-    sources = [open_source(d, "--in") for d in datasets]
-    ws = workspace or Workspace(model, cache, workers, progress, "largest", **model_options)
-    out.mkdir(parents=True, exist_ok=True)
-    # the person's photos: their own (largest) face; the datasets: every face (group photos)
-    who = ws.prepare(person_source, "person", aligned_person, faces="largest")
-    check_person(who.faces)
-    names = _dataset_names([s.spec for s in sources])
-    results, excluded, prepared = [], list(who.faces.excluded), []
-    for name, source in zip(names, sources):
-        data = ws.prepare(source, f"dataset {name}", aligned_datasets, faces="all")
-        excluded += data.faces.excluded
-        prepared.append(data)
-        results.append(lookup_dataset(who.faces, data.faces, ws.model_id, name, options))
-    rows = sorted((m for r in results for m in r.matches), key=lambda m: -m["similarity"])
-    write_table(rows, MATCH_COLUMNS + ["dataset_box", "person_box"], out / "matches.csv", csv_columns=MATCH_COLUMNS)
-    reasons = write_excluded(out / "excluded.csv", excluded)
-    said = statement(results, options.alpha, len(who.faces), len(who.faces.excluded))
-    summary = {
-        "analysis": "lookup",
-        "found": said["found"],
-        "verdict_text": said["headline"],
-        "statement": said,
-        "n_matches": len(rows),
-        "person": {"spec": person_source.spec, "n_images": len(person_source.records), "n_faces": len(who.faces),
-                   "n_excluded": len(who.faces.excluded)},
-        "datasets": [_dataset_summary(r, s, p) for r, s, p in zip(results, sources, prepared)],
-        "alpha": options.alpha,
-        "excluded": reasons,
-        "n_excluded": int(sum(reasons.values())),
-        "model": ws.model_id,
-        "inputs": {"person": person_source.spec, "datasets": [s.spec for s in sources], "store": str(ws.store.root)},
-        "versions": versions(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "timings": {"embed_person_s": who.seconds, "embed_datasets_s": sum(p.seconds for p in prepared)},
-    }
-    from idleak.report.release import write_lookup_report
-
-    write_summary_and_report(out, summary, started, write_lookup_report if report else None)
-    return LookupRun(results, summary)
-
-
-def _dataset_names(specs: list[str]) -> list[str]:
-    """Short unique names for the datasets (folder or file name; numbered if two are the same)."""
-    names: list[str] = []
-    for spec in specs:
-        base = Path(spec).name or str(spec)
-        name, k = base, 2
-        while name in names:
-            name, k = f"{base} ({k})", k + 1
-        names.append(name)
-    return names
-
-
-def _dataset_summary(result: DatasetLookup, source: Source, prepared) -> dict:
-    ids = _count(m["dataset_identity"] for m in result.matches if m["dataset_identity"] is not None)
-    return {
-        "name": result.name, "spec": source.spec, "n_images": len(source.records), "n_faces": result.n_faces,
-        "n_excluded": len(prepared.faces.excluded), "found": result.found, "n_matches": len(result.matches),
-        "matched_identities": ids, "decided": result.found or result.decidable,
-        "threshold": result.threshold.value if result.threshold else None,
-        "method": result.threshold.method if result.threshold else "none",
-        "method_text": METHOD_TEXT[result.threshold.method] if result.threshold else "no faces to compare with",
-        "alpha_per_photo": result.alpha_per_photo,
-        "threshold_details": result.threshold.details if result.threshold else {},
-        "closest": result.closest,
-    }
-
-
-# -- report with review counts ---------------------------------------------------------------------------
-def report(out: str | os.PathLike[str]) -> dict:
-    """Rebuild OUT/report.html and OUT/summary.json with the human review counts (from OUT/review.sqlite,
-    if it holds any verdict).
-
-    Also writes OUT/review_excluded.csv (path, reason) with the reviewers' exclusions, usable as
-    ``--exclude`` in a rerun. Nothing is embedded or searched again.
-    """
-    import json
-
-    from idleak.report import analysis_of, rebuild
-
-    out = Path(out)
-    analysis_of(out)  # one-line error if OUT is not an idleak output folder
-    summary_path = out / "summary.json"
-    summary = json.loads(summary_path.read_text(encoding="utf-8"))
-    review = None
-    if (out / "review.sqlite").is_file():
-        from idleak.review.candidates import load_candidates
-        from idleak.review.db import VerdictStore, review_counts, write_review_exclusions
-
-        verdicts = VerdictStore(out / "review.sqlite").verdicts()
-        if verdicts:
-            candidates = load_candidates(out)
-            review = review_counts(verdicts, candidates)
-            write_review_exclusions(out / "review_excluded.csv", verdicts, candidates)
-    if review is None:
-        summary.pop("review", None)
-    else:
-        summary["review"] = review
-    write_json(summary_path, summary)
-    rebuild(out, review)
-    return summary

@@ -167,7 +167,7 @@ def run_invert(model: object, layers: str | Sequence[str], aux: str | os.PathLik
 
     ws = workspace
     if ws is None:
-        from idleak.api import Workspace
+        from idleak.jobs.workspace import Workspace
 
         ws = Workspace("dlib", cache=cache, workers=workers, progress=progress)
     gallery_records, gallery_label = (private_records, "PRIVATE (own image excluded)") if gallery is None \

@@ -1,7 +1,7 @@
 """``idleak mia`` as a function: paths in, OUT written (summary.json, identities.csv/.parquet, scores.npz,
 excluded.csv, plots, report.html), the result back.
 
-    from idleak.mia_run import mia
+    from idleak.jobs.mia import mia
     result = mia(members="mem/", nonmembers="non/", out="mia-out", generated="samples/")
     result = mia(members="mem/", nonmembers="non/", out="mia-out", generator="my_pkg.gen:sample", n=20000)
     result = mia(members="mem/", nonmembers="non/", out="mia-out", generator_module="my_pkg.gen:build",
@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from idleak.analyses.mia import MiaOptions, MiaResult, combine_photos, run_mia, run_photo_scores
-from idleak.api import Prepared, ProgressFactory, Workspace, versions
 from idleak.embedding import FaceSet
 from idleak.errors import IdleakError
+from idleak.jobs.workspace import Prepared, ProgressFactory, Workspace, versions
 from idleak.outputs import write_excluded, write_json, write_table
 from idleak.sources import Record, Source, open_source, scan_folder
 
