@@ -185,7 +185,7 @@ def face_cell(name: str, vectors: np.ndarray, identities: np.ndarray, alpha: flo
                 undecided)
 
 
-def face_cells(stores: str, reps: int) -> list[Cell]:
+def face_cells(stores: str, reps: int, max_people: int = 600) -> list[Cell]:
     """Real-face cells from stores made by ``idleak embed`` (store-lfw, store-orl, store-yaleb-aligned, store-utk)."""
     import os
 
@@ -212,14 +212,14 @@ def face_cells(stores: str, reps: int) -> list[Cell]:
         for score in ("raw", "csls"):
             for holdout in (False, True):
                 cells.append(face_cell("LFW", *lfw, alpha, reps, score=score, holdout=holdout, min_photos=1,
-                                            max_people=1500))
+                                            max_people=max_people))
                 print(table(cells[-1:]).splitlines()[-1], flush=True)
             for holdout in (False, True):
                 cells.append(face_cell("LFW", *lfw, alpha, max(5, reps // 20), score=score, leak_ids=30,
-                                       holdout=holdout, max_people=1500))
+                                       holdout=holdout, max_people=max_people))
             for label, strangers in others.items():
                 cells.append(face_cell(f"LFW REAL vs {label} strangers", *lfw, alpha, reps, score=score,
-                                       min_photos=1, strangers=strangers, max_people=1500))
+                                       min_photos=1, strangers=strangers, max_people=max_people))
                 print(table(cells[-1:]).splitlines()[-1], flush=True)
             for label in ("ORL", "Yale B"):
                 if label in others:
@@ -255,24 +255,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", choices=("small", "full"), default="small")
     parser.add_argument("--stores", default=None, help="folder with store-orl, store-lfw, ... (idleak embed outputs)")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--families", default="scores,vectors,faces", help="which cell families to run")
+    parser.add_argument("--max-people", type=int, default=600, help="LFW people drawn per repetition (faces cells)")
     args = parser.parse_args(argv)
     full = args.size == "full"
     reps = 200 if full else 40
+    families = set(args.families.split(","))
     cells: list[Cell] = []
     grid = ([(100, 50, 20), (1000, 50, 20), (1000, 500, 20), (10_000, 5_000, 20), (100_000, 50_000, 20)]
             if full else [(1000, 50, 20), (1000, 500, 20)])
-    for alpha in (0.01, 0.05):
-        for m, n_ids, size in grid:
+    for alpha in (0.01, 0.05) if families & {"scores", "vectors"} else ():
+        for m, n_ids, size in grid if "scores" in families else ():
             for rho in (0.0, 0.3, 0.6):
                 cells.append(score_cell(m, n_ids, size, rho, alpha, reps))
                 print(table(cells[-1:]).splitlines()[-1], flush=True)
-        for score in ("raw", "csls"):
+        for score in ("raw", "csls") if "vectors" in families else ():
             cells.append(vector_cell(score, alpha, reps))
             cells.append(vector_cell(score, alpha, max(10, reps // 10), leak=True))
             for c in cells[-2:]:
                 print(table([c]).splitlines()[-1], flush=True)
-    if args.stores:
-        cells += face_cells(args.stores, reps if full else 20)
+    if args.stores and "faces" in families:
+        cells += face_cells(args.stores, reps if full else 20, args.max_people)
     text = table(cells)
     if args.out:
         with open(args.out, "w") as handle:

@@ -165,6 +165,11 @@ def test_unlabelled_real_uses_the_shipped_calibration(planted: dict, cache_dir: 
     copies = [r for r in rank1(tmp_path / "out") if r["synthetic_identity"].startswith("copy")]
     assert all(r["leak"] == "true" for r in copies)
     assert s["verdict"] == "leak"
+    # --fmr: a per-comparison rate given by hand; each face's chance rate is N x fmr, and that is what is tested
+    fmr = audit(planted["syn"], flat, tmp_path / "fmr", cache_dir, "--method", "shipped", "--fmr", "1e-5")
+    assert fmr["alpha_effective"] == pytest.approx(1e-5 * fmr["n_real_faces"])
+    assert fmr["face_level"]["expected_by_chance"] == pytest.approx(fmr["alpha_effective"] * fmr["n_synthetic_faces"])
+    assert fmr["verdict"] == "leak"
 
 
 @pytest.mark.slow
