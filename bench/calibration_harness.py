@@ -208,6 +208,12 @@ def face_cells(stores: str, reps: int, max_people: int = 600) -> list[Cell]:
         child = ages < 13
         others["UTKFace children (<13)"] = (rows.vectors[ok][child],
                                             np.array([f"utk{k}" for k in range(child.sum())], dtype=object))
+        # what --exclude-children leaves of them: the children the age model takes for adults
+        from idleak.age import is_child
+
+        kept = ~is_child(rows.vectors[ok][child], EmbeddingStore.open(os.path.join(stores, "store-utk")).model_id)
+        others["UTKFace children left by --exclude-children"] = (
+            rows.vectors[ok][child][kept], np.array([f"utkx{k}" for k in range(kept.sum())], dtype=object))
     for alpha in (0.05, 0.01):
         for score in ("raw", "csls"):
             for holdout in (False, True):
