@@ -59,7 +59,7 @@ def test_planted_identity_leaks_and_copies_are_flagged_strangers_are_not(planted
     # (c) people not in REAL: (almost) never
     assert sum(r["leak"] == "true" for r in strangers) <= 2
     # the summary agrees with pairs.csv and tests against chance
-    assert s["method"] == "leave_one_identity_out" and s["alpha"] == 0.01 and s["score"] == "csls"
+    assert s["method"] == "leave_one_identity_out" and s["alpha"] == 0.01 and s["score"] == "raw"
     assert s["n_flagged"] == sum(r["leak"] == "true" for r in rows)
     assert s["n_synthetic_faces"] == len(rows) and s["n_real_faces"] >= 595
     assert s["face_level"]["expected_by_chance"] == pytest.approx(0.01 * s["n_synthetic_faces"])

@@ -78,7 +78,7 @@ def test_gate_rejects_leaks_and_releases_strangers(gated, planted):
     assert len(accepted) >= 40 - 4
     assert all(float(r["p_value"]) > summary["alpha"] and float(r["statistic"]) <= summary["threshold"]
                for r in accepted)
-    assert summary["method"] == "leave_one_identity_out" and summary["score"] == "csls"
+    assert summary["method"] == "leave_one_identity_out" and summary["score"] == "raw"
     assert summary["rejected_by_reason"]["leak"] == len([r for r in rejected if r["reason"] == "leak"])
     assert "held back" in (out / "report.html").read_text(encoding="utf-8")
 

@@ -46,7 +46,7 @@ def register(app: typer.Typer) -> None:
         top_k: Annotated[int, typer.Option("--top-k", help="Real neighbours listed per synthetic face.")] = 5,
         holdout: Annotated[Path | None, typer.Option("--holdout", help="Real people who were NOT in the generator's training set (ideally the same population as REAL): the gold-standard control. Folder, manifest, store or embeddings table.")] = None,
         method: Annotated[str, typer.Option(help="Null: auto (holdout if given, else loio if REAL is labelled, else shipped), loio, holdout, shipped, manual.")] = "auto",
-        score: Annotated[str, typer.Option(help="Statistic: auto (csls, i.e. similarity scaled by the local density of both faces, with an empirical null; raw with the shipped one), csls, raw.")] = "auto",
+        score: Annotated[str, typer.Option(help="Statistic: raw cosine similarity (auto, the default), or csls (similarity scaled by the local density of both faces; experimental: it held alpha on a simulated dense population but not on real LFW faces, see bench/RESULTS.md).")] = "auto",
         threshold: Annotated[float | None, typer.Option(help="Use this cosine threshold instead of a null (method manual): flags only, no verdict.")] = None,
         fmr: Annotated[float | None, typer.Option(help="With --method shipped: flag at this per-comparison false-match rate; each face is then flagged by chance with probability at most N x FMR for a gallery of N faces, and that rate is tested.")] = None,
         exclude: Annotated[Path | None, typer.Option(help="CSV (path,reason) of images to leave out, e.g. child or not_a_face.")] = None,
