@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from idleak.cli import RichProgress, guard, out, warn_excluded
 from idleak.cli.core import Bgr, Cache, InputMean, InputStd, Model, Workers, model_options
@@ -66,10 +67,9 @@ def register(app: typer.Typer) -> None:
                             if k != "batch_size"})
         s = result.summary
         warn_excluded(s["excluded"], out_dir / "excluded.csv")
-        colour = "red" if s["verdict"] == "membership_leak" else "green"
-        label = "MEMBERSHIP LEAK" if s["verdict"] == "membership_leak" else "NO EVIDENCE OF MEMBERSHIP LEAK"
-        out.print(f"[bold {colour}]{label}[/]: {s['verdict_text']}")
-        tprs = ", ".join(f"{v:.3f} at {k}{'' if s['tpr_at_fpr_resolvable'][k] else ' (not resolvable)'}"
+        colour = {"membership_leak": "red", "too_few_to_decide": "yellow"}.get(s["verdict"], "green")
+        out.print(f"[bold {colour}]{s['verdict'].replace('_', ' ').upper()}[/]: {escape(s['verdict_text'])}")
+        tprs = ", ".join(f"{v:.3f} at {k}" if v is not None else f"not given at {k} (too few non-members)"
                          for k, v in s["tpr_at_fpr"].items())
         out.print(f"TPR at FPR: {tprs}; {s['n_generated']} generated faces used")
         out.print(f"report: {out_dir / 'report.html'}")
