@@ -7,13 +7,14 @@ from typing import Annotated
 
 import typer
 
-from idleak.cli import RichProgress, err, guard, out, warn_excluded
+from idleak.cli import RichProgress, err, guard, out, print_warnings, styled, warn_excluded
 from idleak.cli.core import (
     BatchSize,
     Bgr,
     Cache,
     Detector,
     Device,
+    IdentityLevel,
     InputMean,
     InputStd,
     Model,
@@ -53,6 +54,7 @@ def register(app: typer.Typer) -> None:
         runtime: Runtime = None,
         device: Device = None,
         detector: Detector = None,
+        identity_level: IdentityLevel = 1,
     ) -> None:
         """Release gate: release only synthetic images that pass the audit's calibrated test.
 
@@ -68,11 +70,14 @@ def register(app: typer.Typer) -> None:
             result = gate(real, out_dir, synthetic=synthetic, generator=generator, n=n, mode=mode, options=options,
                           model=model, cache=cache, exclude=exclude, faces=faces, aligned_synthetic=aligned_synthetic,
                           aligned_real=aligned_real, workers=workers, progress=progress, seed=seed,
-                          sample_batch=sample_batch, max_draws=max_draws,
+                          sample_batch=sample_batch, max_draws=max_draws, identity_level=identity_level,
                           **model_options(input_mean, input_std, bgr, batch_size, runtime, device, detector))
         s = result.summary
         warn_excluded(s["excluded"], out_dir / "excluded.csv")
         out.print(s["verdict_text"])
+        if s.get("exclusions"):
+            out.print(f"--exclude: {s['exclusions']['text']}")
+        print_warnings(s.get("warnings"))
         if s["generation"]:
             g = s["generation"]
             out.print(f"generator: {g['n_drawn']} samples drawn in {g['n_batches']} batches, "
@@ -102,6 +107,7 @@ def register(app: typer.Typer) -> None:
         runtime: Runtime = None,
         device: Device = None,
         detector: Detector = None,
+        identity_level: IdentityLevel = 1,
     ) -> None:
         """Personal lookup: is this person's face in these datasets?
 
@@ -116,12 +122,13 @@ def register(app: typer.Typer) -> None:
         with RichProgress() as progress:
             result = lookup(person, datasets, out_dir, options=options, model=model, cache=cache,
                             aligned_person=aligned_person, aligned_datasets=aligned_datasets, workers=workers,
-                            progress=progress,
+                            progress=progress, identity_level=identity_level,
                             **model_options(input_mean, input_std, bgr, batch_size, runtime, device, detector))
         s = result.summary
         warn_excluded(s["excluded"], out_dir / "excluded.csv")
         colour = "red" if s["found"] else "green"
-        out.print(f"[bold {colour}]{s['statement']['headline']}[/]")
+        out.print(styled((s["statement"]["headline"], f"bold {colour}")))
+        print_warnings(s.get("warnings"))
         for line in s["statement"]["per_dataset"]:
             out.print(f"  {line}", markup=False)
         out.print(s["statement"]["match_means"] if s["found"] else s["statement"]["no_match_means"], markup=False)
@@ -140,6 +147,9 @@ def register(app: typer.Typer) -> None:
         n not a match, u unsure, c exclude (child), f exclude (not a face), arrows or j/k move,
         Backspace clears. Then run `idleak report OUT`.
         """
+        from idleak.jobs.edge import port as check_port
+
+        check_port(port)
         try:
             from idleak.review.app import serve
         except ModuleNotFoundError as exc:
