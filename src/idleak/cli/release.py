@@ -83,7 +83,7 @@ def register(app: typer.Typer) -> None:
             out.print(f"generator: {g['n_drawn']} samples drawn in {g['n_batches']} batches, "
                       f"rejection rate {g['rejection_rate']:.1%}")
         if s["released"]["folder"]:
-            out.print(f"released ({mode}): {s['released']['folder']}")
+            out.print(f"released ({mode}): {out_dir.absolute() / s['released']['folder']}")
         out.print(f"threshold {s['threshold']:.4f} ({s['method']}); report: {out_dir / 'report.html'}")
 
     @app.command("lookup")

@@ -265,7 +265,7 @@ def _release(out: Path, decision: GateDecision, mode: str, syn_source: Source | 
             raise IdleakError(f"{target} exists and was not made by idleak: move it away or choose another --out")
         shutil.rmtree(target)
     os.replace(staging, target)
-    return {"mode": mode, "folder": str(target), "n_files": len(done)}
+    return {"mode": mode, "folder": target.name, "n_files": len(done)}  # relative to OUT
 
 
 def _gate_summary(decision: GateDecision, threshold: GalleryDecider, options: GateOptions, ws: Workspace, ref,

@@ -203,7 +203,11 @@ def mia(members: str | os.PathLike[str], nonmembers: str | os.PathLike[str], out
     t0 = time.perf_counter()
     write_mia_plots(out)
     if report:
-        write_mia_report(out)
+        from idleak.report.html import evidence
+
+        with evidence(out) as seen:
+            write_mia_report(out)
+        summary["evidence_unavailable"] = sorted(seen.missing)
     timings["plots_and_report_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - started
     write_json(out / "summary.json", summary)
