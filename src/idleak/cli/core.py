@@ -49,7 +49,7 @@ def register(app: typer.Typer) -> None:
         score: Annotated[str, typer.Option(help="Statistic: auto (csls, i.e. similarity scaled by the local density of both faces, with an empirical null; raw with the shipped one), csls, raw.")] = "auto",
         threshold: Annotated[float | None, typer.Option(help="Use this cosine threshold instead of a null (method manual): flags only, no verdict.")] = None,
         fmr: Annotated[float | None, typer.Option(help="With --method shipped: flag at this per-comparison false-match rate; each face is then flagged by chance with probability at most N x FMR for a gallery of N faces, and that rate is tested.")] = None,
-        exclude: Annotated[Path | None, typer.Option(help="CSV (path,reason) of images to leave out, e.g. child or not_a_face.")] = None,
+        exclude: Annotated[Path | None, typer.Option(help="CSV (path,reason[,hash]) of images to leave out, e.g. child or not_a_face; matched by path or content; a list matching nothing is an error.")] = None,
         exclude_children: Annotated[bool, typer.Option("--exclude-children", help="Leave out faces whose apparent age (estimated from the embedding) is a child's, on every side.")] = False,
         faces: Annotated[str, typer.Option(help="'largest' face per image, or 'all' faces as separate rows.")] = "largest",
         aligned: Annotated[bool, typer.Option("--aligned", help="Treat every image (both sides) as an aligned face crop: no detection.")] = False,

@@ -40,7 +40,7 @@ def register(app: typer.Typer) -> None:
         seed: Annotated[int, typer.Option(help="With --generator: seed of the first batch; batch b gets seed + b.")] = 0,
         sample_batch: Annotated[int, typer.Option("--sample-batch", help="With --generator: largest number of samples per call.")] = 256,
         max_draws: Annotated[int | None, typer.Option("--max-draws", help="With --generator: stop with an error after this many samples [10 x N].")] = None,
-        exclude: Annotated[Path | None, typer.Option(help="CSV (path,reason) of images to hold back, e.g. review_excluded.csv from idleak report.")] = None,
+        exclude: Annotated[Path | None, typer.Option(help="CSV (path,reason[,hash]) of images to hold back, e.g. review_excluded.csv from idleak report; matched by path or content.")] = None,
         faces: Annotated[str, typer.Option(help="'all' faces of an image are checked (default), or only the 'largest'.")] = "all",
         aligned_synthetic: Annotated[bool, typer.Option("--aligned-synthetic", help="Synthetic images are aligned face crops: no detection.")] = False,
         aligned_real: Annotated[bool, typer.Option("--aligned-real", help="REAL images are aligned face crops.")] = False,
