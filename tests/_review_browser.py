@@ -1,8 +1,7 @@
 """Helpers for the review-app tests: the review server as a real subprocess, and Debian's Chromium.
 
-Chromium: ``/usr/bin/chromium`` (or $IDLEAK_CHROMIUM). If it is missing and we run as root with apt-get
-(as in CI), it is installed with ``apt-get update && apt-get install -y chromium``; otherwise the test
-fails with a message saying what to install. Playwright's Python package drives it over CDP; its own
+Chromium: ``/usr/bin/chromium`` (or $IDLEAK_CHROMIUM). If it is missing the test fails with a message
+saying what to install (``.ci/run`` installs Debian's package before the tests; tests never do). Playwright's Python package drives it over CDP; its own
 browser downloads (``playwright install``) are never used.
 """
 
@@ -11,7 +10,6 @@ from __future__ import annotations
 import os
 import queue
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -27,18 +25,12 @@ URL_LINE = re.compile(r"^(http://127\.0\.0\.1:(\d+))/\?token=([A-Za-z0-9_-]+)$")
 
 
 def ensure_chromium() -> Path:
-    """Path of a usable Chromium; installs Debian's package when root, else fails the test clearly."""
+    """Path of a usable Chromium; the test fails with a message if it is missing (tests never install system
+    packages: CI's ``.ci/run`` installs Debian's ``chromium`` before running the tests)."""
     if CHROMIUM.is_file():
         return CHROMIUM
-    if hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get"):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        done = subprocess.run("apt-get update -q && apt-get install -y -q chromium", shell=True, env=env,
-                              capture_output=True, text=True, timeout=900)
-        if CHROMIUM.is_file():
-            return CHROMIUM
-        pytest.fail(f"installing chromium with apt-get failed (exit {done.returncode}): {done.stderr[-500:]}")
     pytest.fail(f"the review-app browser test needs Debian's Chromium at {CHROMIUM}: run "
-                "`apt-get install -y chromium` as root (or set IDLEAK_CHROMIUM to a Chromium binary)")
+                "`apt-get install -y chromium` as root (.ci/run does), or set IDLEAK_CHROMIUM to a Chromium binary")
 
 
 def sync_playwright():
@@ -46,7 +38,7 @@ def sync_playwright():
     try:
         from playwright.sync_api import sync_playwright as start
     except ImportError:
-        pytest.fail("the review-app browser test needs the playwright package: pip install -e '.[test]'")
+        pytest.fail("the review-app browser test needs the playwright package: pip install -e '.[browser]'")
     return start()
 
 

@@ -133,7 +133,10 @@ def test_gate_review_counts_go_into_the_report(gated, planted, workspace, tmp_pa
     html = (out / "report.html").read_text(encoding="utf-8")
     assert "Human review" in html and "3 of 45 rejected pairs reviewed" in html
     _, excluded = read_rows(out / "review_excluded.csv")
-    assert excluded == [{"path": pairs.items[2].left_path, "reason": "child"}]
+    from idleak.store.read import file_hash
+
+    assert excluded == [{"path": pairs.items[2].left_path, "reason": "child",
+                         "hash": file_hash(str(pairs.resolve(pairs.items[2].left_path)))}]
 
 
 def test_gate_bad_input(planted, tmp_path):
@@ -202,7 +205,8 @@ def test_gate_generator_samples_until_n_are_accepted(planted, faces_root, cache_
     assert len(accepted) == 10
     for row in accepted + rejected:
         seed, index, batch_n = int(row["seed"]), int(row["index"]), int(row["batch_n"])
-        path = Path(row["path"])
+        path = out / row["path"]  # files inside OUT are written relative to OUT
+        assert not Path(row["path"]).is_absolute()
         assert path.parent == out / "samples" and path.name == f"seed{seed}_{index:04d}.png"
         # the recorded seed regenerates the sample exactly
         again = np.asarray(sampler.sample(batch_n, seed)[index].convert("RGB")) if index % 2 else \

@@ -347,7 +347,9 @@ def test_memorising_generator_separates_members(member_attack: Path) -> None:
     assert sum(int(r["n_over_threshold"]) for r in rows if r["member"] == "true") > 10
     assert {r["n_train"] for r in rows if r["member"] == "true"} == {"5"}  # counted from --train-folder
     for r in rows:
-        assert Path(r["best_generated_path"]).is_file() and Path(r["best_photo_path"]).parent.name == r["identity"]
+        # files idleak wrote inside OUT (OUT/generated/) are written relative to OUT
+        assert (member_attack / r["best_generated_path"]).is_file() and not Path(r["best_generated_path"]).is_absolute()
+        assert Path(r["best_photo_path"]).parent.name == r["identity"]
     for name in ("report.html", "roc.png", "distributions.png", "over_representation.png", "scores.npz"):
         assert (member_attack / name).is_file(), name
     assert "log axes" in (member_attack / "report.html").read_text()
@@ -363,7 +365,7 @@ def test_flagged_generated_face_is_regenerated_from_its_seed(member_attack: Path
     name = Path(top["best_generated_path"]).name
     sample = next(r for r in csv.DictReader(open(member_attack / "generated" / "samples.csv")) if r["path"] == name)
     again = glo.sample(int(sample["batch_size"]), int(sample["seed"]))[int(sample["index"])]
-    assert np.array_equal(again, np.asarray(Image.open(top["best_generated_path"])))
+    assert np.array_equal(again, np.asarray(Image.open(member_attack / top["best_generated_path"])))
 
 
 @pytest.mark.slow
@@ -423,7 +425,7 @@ def test_latent_recovery_on_the_trained_generator(mia_data: dict, cache_dir: Pat
     assert s["auc_ci"][0] > 0.5 and s["auc_pixel_ci"][0] > 0.5
     assert s["n_reconstructions_unscored"] <= 4
     rows = list(csv.DictReader(open(out / "identities.csv")))
-    assert all(r["best_generated_path"].endswith("_recon.png") and Path(r["best_generated_path"]).is_file()
+    assert all(r["best_generated_path"].endswith("_recon.png") and (out / r["best_generated_path"]).is_file()
                for r in rows)
     assert (out / "report.html").is_file()
 

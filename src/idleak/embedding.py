@@ -127,6 +127,9 @@ def file_timeout() -> float:
     return seconds
 
 
+_PARENT: int | None = None  # the process that started this worker
+
+
 class _FileTimeout(Exception):
     pass
 
@@ -162,6 +165,8 @@ def _die_with_parent(parent: int) -> None:
             ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
         except (OSError, AttributeError):
             pass
+    global _PARENT
+    _PARENT = parent
     if os.getppid() != parent:
         os._exit(1)
 
@@ -184,7 +189,7 @@ def _work_chunk(items: list[tuple[str, str, str | None]], aligned: bool,
     """In a worker: decode, detect, align, and embed too unless the model is batched in the parent;
     each file within ``seconds`` (default $IDLEAK_FILE_TIMEOUT)."""
     assert _WORKER_EMBEDDER is not None
-    if os.getppid() == 1:  # orphaned (no PDEATHSIG on this platform): stop instead of working for nobody
+    if _PARENT is not None and os.getppid() != _PARENT:  # orphaned (no PDEATHSIG here): stop, nobody waits
         os._exit(1)
     embed = not _WORKER_EMBEDDER.batched
     seconds = seconds or file_timeout()

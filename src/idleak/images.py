@@ -29,6 +29,9 @@ DECODE_REASONS = {
     "truncated": "image data is truncated",
     "corrupt": "image data is corrupt",
     "too_large": "image is larger than the pixel limit",
+    "not_a_file": "not a regular file (a FIFO, socket or device), never opened",
+    "symlink_loop": "a symbolic link that points back to itself",
+    "timeout": "took longer than IDLEAK_FILE_TIMEOUT seconds",
 }
 
 

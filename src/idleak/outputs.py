@@ -37,8 +37,14 @@ def write_summary_and_report(out: str | os.PathLike[str], summary: dict, started
     timings = summary.setdefault("timings", {})
     write_json(out / "summary.json", summary)
     if render is not None:
+        from idleak.report.html import evidence
+
         t0 = time.perf_counter()
-        render(out)
+        with evidence(out) as seen:
+            render(out)
+        # images unreadable already on the first run (e.g. a store whose originals are gone): a rebuild
+        # may show them blank; any other unreadable image is an error there
+        summary["evidence_unavailable"] = sorted(seen.missing)
         timings["report_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - started
     write_json(out / "summary.json", summary)
@@ -57,8 +63,13 @@ def _plain(value: object) -> object:
 
 def write_table(rows: list[dict], columns: list[str], csv_path: str | os.PathLike[str],
                 parquet: bool = True, csv_columns: list[str] | None = None) -> None:
-    """Rows as CSV (and Parquet beside it) with the given column order; ``csv_columns`` limits the CSV."""
-    csv_path = Path(csv_path)
+    """Rows as CSV (and Parquet beside it) with the given column order; ``csv_columns`` limits the CSV.
+
+    Paths (columns named ``path`` or ``*_path``) to files inside the table's folder (OUT) are written
+    relative to it, so OUT can be moved whole; every other path is written absolute.
+    """
+    csv_path = Path(os.path.abspath(csv_path))
+    rows = [out_relative(row, csv_path.parent) for row in rows]
     with open(csv_path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=csv_columns or columns, extrasaction="ignore")
         writer.writeheader()
@@ -68,6 +79,19 @@ def write_table(rows: list[dict], columns: list[str], csv_path: str | os.PathLik
         table = pa.table({c: [row.get(c) for row in rows] for c in columns}) if rows else pa.table(
             {c: pa.array([], pa.string()) for c in columns})
         pq.write_table(table, csv_path.with_suffix(".parquet"))
+
+
+def out_relative(row: dict, out: Path) -> dict:
+    """``row`` with its path values inside ``out`` made relative to ``out`` (and the others absolute)."""
+    fixed = {}
+    for key, value in row.items():
+        if isinstance(value, str) and value and (key == "path" or key.endswith("_path")) and "::" not in value:
+            absolute = os.path.abspath(value)
+            inside = absolute.startswith(str(out) + os.sep)
+            fixed[key] = os.path.relpath(absolute, out) if inside else absolute
+        else:
+            fixed[key] = value
+    return fixed
 
 
 def _csv_value(value: object) -> object:

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import functools
+import os
 import signal
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.markup import escape
+from rich.text import Text
 
 from idleak.errors import IdleakError
 
@@ -21,8 +22,10 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-err = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
+#: user-controlled strings (paths, identities, file names) are printed literally: no markup, no highlighting;
+#: styles are applied with ``styled`` only.
+err = Console(stderr=True, highlight=False, markup=False)
+out = Console(highlight=False, markup=False)
 
 #: Command modules; each defines ``register(app)``.
 COMMAND_MODULES = ("idleak.cli.core", "idleak.cli.mia", "idleak.cli.invert", "idleak.cli.release", "idleak.cli.store")
@@ -47,7 +50,7 @@ def guard(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except IdleakError as exc:
-            err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, soft_wrap=True)
+            err.print(styled(("error:", "bold red"), " ", str(exc)), soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err.print("interrupted: what was embedded so far is kept in the store; rerun to resume")
@@ -90,12 +93,45 @@ class RichProgress:
         return update
 
 
-def warn_excluded(excluded: dict[str, int], where: str) -> None:
-    """The one-line warning count for images that could not be used."""
+def styled(*parts: str | tuple[str, str]) -> Text:
+    """Text from plain strings and (string, style) pairs; nothing in them is read as markup."""
+    return Text.assemble(*parts)
+
+
+def headline(verdict: str, text: str, colour: str) -> None:
+    """``VERDICT: text`` with the verdict in bold ``colour``."""
+    out.print(styled((verdict.replace("_", " ").upper(), f"bold {colour}"), ": ", text))
+
+
+def print_warnings(warnings: list[str] | None) -> None:
+    for warning in warnings or []:
+        err.print(styled(("warning:", "yellow"), " ", warning))
+
+
+def warn_excluded(excluded: dict[str, int], where: str | os.PathLike[str]) -> None:
+    """The one-line warning count for images that could not be used; ``where`` (a file) is named only
+    if it exists."""
     if excluded:
         total = sum(excluded.values())
         parts = ", ".join(f"{reason}: {count}" for reason, count in excluded.items())
-        err.print(f"warning: {total} image{'s' if total != 1 else ''} excluded ({parts}); see {where}")
+        see = f"; see {where}" if not isinstance(where, os.PathLike) or os.path.exists(where) else ""
+        err.print(f"warning: {total} image{'s' if total != 1 else ''} excluded ({parts}){see}")
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        from idleak import __version__
+
+        out.print(f"idleak {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[bool, typer.Option("--version", callback=version_callback, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Find real people inside synthetic face datasets."""
 
 
 def _register_all() -> None:

@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
-from idleak.cli import RichProgress, guard, out, warn_excluded
+from idleak.cli import RichProgress, guard, headline, out, print_warnings, warn_excluded
 
 CACHE_HELP = ("Embedding store to reuse across runs. Default: $IDLEAK_CACHE, else $XDG_CACHE_HOME/idleak, "
               "else ~/.cache/idleak (one sub-folder per model). A store made by `idleak embed` works too.")
@@ -25,6 +24,7 @@ Bgr = Annotated[bool, typer.Option("--bgr", help="ONNX: the model takes BGR chan
 BatchSize = Annotated[int | None, typer.Option("--batch-size", help="Faces per inference batch [dlib port 64, ONNX 32].")]
 Runtime = Annotated[str | None, typer.Option("--runtime", help="dlib model: 'onnx' (default, the batched ONNX port) or 'dlib' (dlib's own, one face at a time).")]
 Device = Annotated[str | None, typer.Option("--device", help="cpu (default), cuda (an error without a GPU) or auto (GPU if usable, else CPU, and it says so): embedding inference and, for audit, exact search (torch).")]
+IdentityLevel = Annotated[int, typer.Option("--identity-level", help="Which sub-folder level names the identity: 1 (default) the first (FOLDER/PERSON/x.jpg), 2 for FOLDER/SPLIT/PERSON/x.jpg, 0 for none (all unlabelled).")]
 Detector = Annotated[str | None, typer.Option("--detector", help="Face detector: hog (default), cnn (dlib's MMOD CNN, slow on CPU) or auto (CNN where HOG finds nothing).")]
 
 
@@ -49,7 +49,7 @@ def register(app: typer.Typer) -> None:
         score: Annotated[str, typer.Option(help="Statistic: raw cosine similarity (auto, the default), or csls (similarity scaled by the local density of both faces; experimental: it held alpha on a simulated dense population but not on real LFW faces, see bench/RESULTS.md).")] = "auto",
         threshold: Annotated[float | None, typer.Option(help="Use this cosine threshold instead of a null (method manual): flags only, no verdict.")] = None,
         fmr: Annotated[float | None, typer.Option(help="With --method shipped: flag at this per-comparison false-match rate; each face is then flagged by chance with probability at most N x FMR for a gallery of N faces, and that rate is tested.")] = None,
-        exclude: Annotated[Path | None, typer.Option(help="CSV (path,reason) of images to leave out, e.g. child or not_a_face.")] = None,
+        exclude: Annotated[Path | None, typer.Option(help="CSV (path,reason[,hash]) of images to leave out, e.g. child or not_a_face; matched by path or content; a list matching nothing is an error.")] = None,
         exclude_children: Annotated[bool, typer.Option("--exclude-children", help="Leave out faces whose apparent age (estimated from the embedding) is a child's, on every side.")] = False,
         faces: Annotated[str, typer.Option(help="'largest' face per image, or 'all' faces as separate rows.")] = "largest",
         aligned: Annotated[bool, typer.Option("--aligned", help="Treat every image (both sides) as an aligned face crop: no detection.")] = False,
@@ -69,6 +69,7 @@ def register(app: typer.Typer) -> None:
         runtime: Runtime = None,
         device: Device = None,
         detector: Detector = None,
+        identity_level: IdentityLevel = 1,
     ) -> None:
         """Leakage audit: find real training identities inside a synthetic face dataset.
 
@@ -87,19 +88,20 @@ def register(app: typer.Typer) -> None:
                            faces=faces, aligned_synthetic=aligned or aligned_synthetic,
                            aligned_real=aligned or aligned_real, workers=workers, progress=progress,
                            holdout=holdout, aligned_holdout=aligned or aligned_holdout,
-                           on_plan=lambda plan: out.print(plan.text, markup=False),
+                           on_plan=lambda plan: out.print(plan.text), identity_level=identity_level,
                            **model_options(input_mean, input_std, bgr, batch_size, runtime, device, detector))
         s = result.summary
         warn_excluded(s["excluded"], out_dir / "excluded.csv")
         colour = {"leak": "red", "no_evidence_of_leak": "green"}.get(s["verdict"], "yellow")
-        out.print(f"[bold {colour}]{s['verdict'].replace('_', ' ').upper()}[/]: {escape(s['verdict_text'])}")
+        headline(s["verdict"], s["verdict_text"], colour)
         matched = f"{s['n_leaked_real_identities']} labelled real identities"
         if s["n_unlabelled_real_faces_matched"]:
             matched += f" and {s['n_unlabelled_real_faces_matched']} unlabelled real faces"
         out.print(f"threshold {s['threshold']:.4f} ({s['method']}, {s['score']} score), {matched} matched")
-        out.print(escape(s["limits"]))
-        for warning in s.get("warnings", []):
-            out.print(f"[yellow]warning:[/] {escape(warning)}")
+        out.print(s["limits"])
+        if s.get("exclusions"):
+            out.print(f"--exclude: {s['exclusions']['text']}")
+        print_warnings(s.get("warnings"))
         out.print(f"report: {out_dir / 'report.html'}")
         if fail_on_leak and s["verdict"] == "leak":
             raise typer.Exit(1)
@@ -123,6 +125,7 @@ def register(app: typer.Typer) -> None:
         runtime: Runtime = None,
         device: Device = None,
         detector: Detector = None,
+        identity_level: IdentityLevel = 1,
     ) -> None:
         """Embed images once into a store; later runs reuse it and a killed run resumes."""
         from idleak.jobs.embed import embed
@@ -130,6 +133,7 @@ def register(app: typer.Typer) -> None:
         with RichProgress() as progress:
             stats, target = embed(path, store, model=model, aligned=aligned, workers=workers, progress=progress,
                                   flush_every=flush_every, name=name, engine=engine, ray_address=ray_address,
+                                  identity_level=identity_level,
                                   **model_options(input_mean, input_std, bgr, batch_size, runtime, device, detector))
         reasons = dict(stats.reasons)
         if stats.n_missing:
@@ -151,5 +155,5 @@ def register(app: typer.Typer) -> None:
             result = run_demo(out_dir, workers=workers, progress=progress)
         s = result.summary
         out.print(f"demo data: {out_dir / 'data'} (planted near-copies of the real faces in the synthetic set)")
-        out.print(f"[bold]{s['verdict'].upper()}[/]: {s['verdict_text']}")
+        headline(s["verdict"], s["verdict_text"], "bold")
         out.print(f"report: {(out_dir / 'audit' / 'report.html').resolve()}")

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from idleak.cli import RichProgress, err, guard, out, warn_excluded
+from idleak.cli import RichProgress, err, guard, headline, out, warn_excluded
 from idleak.errors import IdleakError
 
 
@@ -80,7 +80,7 @@ def register(app: typer.Typer) -> None:
                                      cache=cache, workers=workers, progress=progress)
         warn_excluded(summary["excluded"], out_dir / "summary.json")
         colour = {"leak": "red", "clean": "green"}.get(summary["verdict"], "white")
-        out.print(f"[bold {colour}]{summary['verdict'].upper()}[/]: {summary['verdict_text']}")
+        headline(summary["verdict"], summary["verdict_text"], colour)
         for row in summary["layers"]:
             out.print(f"  {row['layer']:<12} depth {row['depth']:>3}  {row['attack']:<20} PSNR {row['psnr']:6.2f}  "
                       f"SSIM {row['ssim']:.3f}  id-sim {row['identity_similarity']:.3f}  re-id {row['reid_top1']:.0%}", soft_wrap=True)

@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from idleak.cli import RichProgress, guard, out, warn_excluded
-from idleak.cli.core import Bgr, Cache, InputMean, InputStd, Model, Workers, model_options
+from idleak.cli import RichProgress, guard, headline, out, print_warnings, warn_excluded
+from idleak.cli.core import Bgr, Cache, IdentityLevel, InputMean, InputStd, Model, Workers, model_options
 
 
 def register(app: typer.Typer) -> None:
@@ -42,6 +42,7 @@ def register(app: typer.Typer) -> None:
         input_mean: InputMean = None,
         input_std: InputStd = None,
         bgr: Bgr = False,
+        identity_level: IdentityLevel = 1,
     ) -> None:
         """Membership attack: tell whether people were in a face generator's training set.
 
@@ -61,15 +62,15 @@ def register(app: typer.Typer) -> None:
                          batch_size=batch_size, seed=seed, train_counts=train_counts, train_folder=train_folder,
                          options=options, recovery=recovery, targets_per_identity=targets_per_identity, model=model,
                          cache=cache, faces=faces, aligned_generated=aligned_generated, aligned_photos=aligned_photos,
-                         workers=workers, progress=progress,
+                         workers=workers, progress=progress, identity_level=identity_level,
                          **{k: v for k, v in model_options(input_mean, input_std, bgr, None).items()
                             if k != "batch_size"})
         s = result.summary
         warn_excluded(s["excluded"], out_dir / "excluded.csv")
-        colour = "red" if s["verdict"] == "membership_leak" else "green"
-        label = "MEMBERSHIP LEAK" if s["verdict"] == "membership_leak" else "NO EVIDENCE OF MEMBERSHIP LEAK"
-        out.print(f"[bold {colour}]{label}[/]: {s['verdict_text']}")
-        tprs = ", ".join(f"{v:.3f} at {k}{'' if s['tpr_at_fpr_resolvable'][k] else ' (not resolvable)'}"
+        colour = {"membership_leak": "red", "too_few_to_decide": "yellow"}.get(s["verdict"], "green")
+        headline(s["verdict"], s["verdict_text"], colour)
+        print_warnings(s.get("warnings"))
+        tprs = ", ".join(f"{v:.3f} at {k}" if v is not None else f"not given at {k} (too few non-members)"
                          for k, v in s["tpr_at_fpr"].items())
         out.print(f"TPR at FPR: {tprs}; {s['n_generated']} generated faces used")
         out.print(f"report: {out_dir / 'report.html'}")

@@ -7,13 +7,14 @@ from typing import Annotated
 
 import typer
 
-from idleak.cli import RichProgress, err, guard, out, warn_excluded
+from idleak.cli import RichProgress, err, guard, out, print_warnings, styled, warn_excluded
 from idleak.cli.core import (
     BatchSize,
     Bgr,
     Cache,
     Detector,
     Device,
+    IdentityLevel,
     InputMean,
     InputStd,
     Model,
@@ -39,7 +40,7 @@ def register(app: typer.Typer) -> None:
         seed: Annotated[int, typer.Option(help="With --generator: seed of the first batch; batch b gets seed + b.")] = 0,
         sample_batch: Annotated[int, typer.Option("--sample-batch", help="With --generator: largest number of samples per call.")] = 256,
         max_draws: Annotated[int | None, typer.Option("--max-draws", help="With --generator: stop with an error after this many samples [10 x N].")] = None,
-        exclude: Annotated[Path | None, typer.Option(help="CSV (path,reason) of images to hold back, e.g. review_excluded.csv from idleak report.")] = None,
+        exclude: Annotated[Path | None, typer.Option(help="CSV (path,reason[,hash]) of images to hold back, e.g. review_excluded.csv from idleak report; matched by path or content.")] = None,
         faces: Annotated[str, typer.Option(help="'all' faces of an image are checked (default), or only the 'largest'.")] = "all",
         aligned_synthetic: Annotated[bool, typer.Option("--aligned-synthetic", help="Synthetic images are aligned face crops: no detection.")] = False,
         aligned_real: Annotated[bool, typer.Option("--aligned-real", help="REAL images are aligned face crops.")] = False,
@@ -53,6 +54,7 @@ def register(app: typer.Typer) -> None:
         runtime: Runtime = None,
         device: Device = None,
         detector: Detector = None,
+        identity_level: IdentityLevel = 1,
     ) -> None:
         """Release gate: release only synthetic images that pass the audit's calibrated test.
 
@@ -68,17 +70,20 @@ def register(app: typer.Typer) -> None:
             result = gate(real, out_dir, synthetic=synthetic, generator=generator, n=n, mode=mode, options=options,
                           model=model, cache=cache, exclude=exclude, faces=faces, aligned_synthetic=aligned_synthetic,
                           aligned_real=aligned_real, workers=workers, progress=progress, seed=seed,
-                          sample_batch=sample_batch, max_draws=max_draws,
+                          sample_batch=sample_batch, max_draws=max_draws, identity_level=identity_level,
                           **model_options(input_mean, input_std, bgr, batch_size, runtime, device, detector))
         s = result.summary
         warn_excluded(s["excluded"], out_dir / "excluded.csv")
         out.print(s["verdict_text"])
+        if s.get("exclusions"):
+            out.print(f"--exclude: {s['exclusions']['text']}")
+        print_warnings(s.get("warnings"))
         if s["generation"]:
             g = s["generation"]
             out.print(f"generator: {g['n_drawn']} samples drawn in {g['n_batches']} batches, "
                       f"rejection rate {g['rejection_rate']:.1%}")
         if s["released"]["folder"]:
-            out.print(f"released ({mode}): {s['released']['folder']}")
+            out.print(f"released ({mode}): {out_dir.absolute() / s['released']['folder']}")
         out.print(f"threshold {s['threshold']:.4f} ({s['method']}); report: {out_dir / 'report.html'}")
 
     @app.command("lookup")
@@ -102,6 +107,7 @@ def register(app: typer.Typer) -> None:
         runtime: Runtime = None,
         device: Device = None,
         detector: Detector = None,
+        identity_level: IdentityLevel = 1,
     ) -> None:
         """Personal lookup: is this person's face in these datasets?
 
@@ -116,12 +122,13 @@ def register(app: typer.Typer) -> None:
         with RichProgress() as progress:
             result = lookup(person, datasets, out_dir, options=options, model=model, cache=cache,
                             aligned_person=aligned_person, aligned_datasets=aligned_datasets, workers=workers,
-                            progress=progress,
+                            progress=progress, identity_level=identity_level,
                             **model_options(input_mean, input_std, bgr, batch_size, runtime, device, detector))
         s = result.summary
         warn_excluded(s["excluded"], out_dir / "excluded.csv")
         colour = "red" if s["found"] else "green"
-        out.print(f"[bold {colour}]{s['statement']['headline']}[/]")
+        out.print(styled((s["statement"]["headline"], f"bold {colour}")))
+        print_warnings(s.get("warnings"))
         for line in s["statement"]["per_dataset"]:
             out.print(f"  {line}", markup=False)
         out.print(s["statement"]["match_means"] if s["found"] else s["statement"]["no_match_means"], markup=False)
@@ -140,6 +147,9 @@ def register(app: typer.Typer) -> None:
         n not a match, u unsure, c exclude (child), f exclude (not a face), arrows or j/k move,
         Backspace clears. Then run `idleak report OUT`.
         """
+        from idleak.jobs.edge import port as check_port
+
+        check_port(port)
         try:
             from idleak.review.app import serve
         except ModuleNotFoundError as exc:

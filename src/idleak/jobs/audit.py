@@ -6,7 +6,6 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 
@@ -14,7 +13,7 @@ from idleak import scale
 from idleak.analyses.audit import AuditOptions, AuditResult, audit_fields, run_audit
 from idleak.embedding import default_workers
 from idleak.errors import IdleakError
-from idleak.jobs.edge import read_exclusions
+from idleak.jobs.edge import absolute, input_warnings, read_exclusions
 from idleak.jobs.workspace import Prepared, ProgressFactory, Workspace, versions
 from idleak.outputs import write_excluded, write_pairs, write_summary_and_report
 from idleak.sources import open_source
@@ -27,16 +26,17 @@ def audit(synthetic: str | os.PathLike[str], real: str | os.PathLike[str], out: 
           aligned_real: bool = False, workers: int | None = None, progress: ProgressFactory | None = None,
           report: bool = True, workspace: Workspace | None = None, holdout: str | os.PathLike[str] | None = None,
           aligned_holdout: bool = False, on_plan: Callable[[scale.Plan], object] | None = None,
-          **model_options: object) -> AuditResult:
+          identity_level: int = 1, **model_options: object) -> AuditResult:
     """Run the leakage audit and write summary.json, pairs.csv/.parquet, excluded.csv and report.html to ``out``."""
     started = time.perf_counter()
     options = options or AuditOptions()
     options.validate()
-    out = Path(out)
+    out = absolute(out)
     exclusions = read_exclusions(exclude)
     # validate every input before spending time on any
-    syn_source, real_source = open_source(synthetic, "SYN"), open_source(real, "REAL")
-    hold_source = open_source(holdout, "HOLDOUT") if holdout is not None else None
+    syn_source = open_source(synthetic, "SYN", identity_level)
+    real_source = open_source(real, "REAL", identity_level)
+    hold_source = open_source(holdout, "HOLDOUT", identity_level) if holdout is not None else None
     ws = workspace or Workspace(model, cache, workers, progress, faces, options.engine, options.ray_address,
                                 **model_options)
     sources = [syn_source, real_source] + ([hold_source] if hold_source else [])
@@ -51,6 +51,7 @@ def audit(synthetic: str | os.PathLike[str], real: str | os.PathLike[str], out: 
     syn = ws.prepare(syn_source, "SYN", aligned_synthetic, exclusions)
     ref = ws.prepare(real_source, "REAL", aligned_real, exclusions)
     hold = ws.prepare(hold_source, "HOLDOUT", aligned_holdout, exclusions) if hold_source else None
+    excluded_by_list = exclusions.check()
     t0 = time.perf_counter()
     try:
         result = run_audit(syn.faces, ref.faces, ws.tables_model or ws.model_id, options, progress=ws.progress,
@@ -70,6 +71,8 @@ def audit(synthetic: str | os.PathLike[str], real: str | os.PathLike[str], out: 
                         null=np.asarray(result.decision.null.values, np.float32),
                         null_similarity=np.asarray(result.decision.null.raw, np.float32))
     summary = audit_summary(result, options, ws, syn, ref, reasons, hold)
+    summary["exclusions"] = excluded_by_list
+    summary["warnings"] = input_warnings(sources) + list(summary.get("warnings") or [])
     summary["timings"] = {"embed_synthetic_s": syn.seconds, "embed_real_s": ref.seconds,
                           "search_and_calibrate_s": search_seconds}
     from idleak.report.html import write_audit_report

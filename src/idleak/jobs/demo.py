@@ -93,7 +93,7 @@ def run_demo(out: str | os.PathLike[str], workers: int | None = None, progress=N
     """Build the demo data under ``out/data`` and audit it into ``out/audit`` (store in ``out/store``)."""
     from idleak.jobs.audit import audit
 
-    out = Path(out)
+    out = Path(os.path.abspath(out))
     real_dir, syn_dir = build_demo_data(out / "data")
     return audit(syn_dir, real_dir, out / "audit", cache=out / "store", options=AuditOptions(),
                  aligned_synthetic=True, workers=workers, progress=progress)

@@ -20,7 +20,7 @@ from idleak.analyses.gate import GateDecision, GateOptions, calibrate_gate, gate
 from idleak.decide import METHOD_TEXT, GalleryDecider
 from idleak.errors import IdleakError
 from idleak.generators import load_callable, to_uint8_rgb
-from idleak.jobs.edge import read_exclusions
+from idleak.jobs.edge import Exclusions, absolute, at_least, input_warnings, read_exclusions
 from idleak.jobs.workspace import ProgressFactory, Workspace, versions
 from idleak.outputs import write_excluded, write_summary_and_report, write_table
 from idleak.sources import Record, Source, open_source
@@ -52,7 +52,7 @@ def gate(real: str | os.PathLike[str], out: str | os.PathLike[str], synthetic: s
          exclude: str | os.PathLike[str] | None = None, faces: str = "all", aligned_synthetic: bool = False,
          aligned_real: bool = False, workers: int | None = None, progress: ProgressFactory | None = None,
          seed: int = 0, sample_batch: int = 256, max_draws: int | None = None, report: bool = True,
-         workspace: Workspace | None = None, **model_options: object) -> GateRun:
+         workspace: Workspace | None = None, identity_level: int = 1, **model_options: object) -> GateRun:
     """Release only the synthetic images that pass the audit's calibrated test.
 
     Either ``synthetic`` (folder, manifest or store; never modified) or ``generator`` (a callable
@@ -62,23 +62,21 @@ def gate(real: str | os.PathLike[str], out: str | os.PathLike[str], synthetic: s
     """
     started = time.perf_counter()
     options = options or GateOptions()
-    out = Path(out)
+    options.validate()
+    out = absolute(out)
     if mode not in MODES:
         raise IdleakError(f"--mode must be one of {', '.join(MODES)}, not {mode!r}")
     if (synthetic is None) == (generator is None):
         raise IdleakError("give either --synthetic SYN or --generator module:function (with --n)")
-    if not 0 < options.alpha < 1:
-        raise IdleakError(f"--alpha must be between 0 and 1, got {options.alpha}")
-    real_source = open_source(real, "REAL")
-    syn_source = open_source(synthetic, "SYN") if synthetic is not None else None
+    real_source = open_source(real, "REAL", identity_level)
+    syn_source = open_source(synthetic, "SYN", identity_level) if synthetic is not None else None
     if syn_source is not None:
         _check_out_outside(out, Path(synthetic))
     sampler = None
     if generator is not None:
         if not n or n < 1:
             raise IdleakError("--generator needs --n, the number of images to accept (at least 1)")
-        if sample_batch < 1:
-            raise IdleakError("--sample-batch must be at least 1")
+        at_least("--sample-batch", sample_batch, 1)
         max_draws = 10 * n if max_draws is None else max_draws
         if max_draws < n:
             raise IdleakError(f"--max-draws ({max_draws}) is smaller than --n ({n})")
@@ -92,6 +90,7 @@ def gate(real: str | os.PathLike[str], out: str | os.PathLike[str], synthetic: s
     generation: dict | None = None
     if syn_source is not None:
         syn = ws.prepare(syn_source, "SYN", aligned_synthetic, exclusions)
+        excluded_by_list = exclusions.check()
         decision = gate_faces(syn.faces, ref.faces, threshold, options.block_size)
         n_input = len(syn_source.records)
         syn_seconds = syn.seconds
@@ -101,6 +100,7 @@ def gate(real: str | os.PathLike[str], out: str | os.PathLike[str], synthetic: s
                                                       threshold, options, out, aligned_synthetic, exclusions,
                                                       progress, str(generator))
         n_input = generation["n_drawn"]
+        excluded_by_list = exclusions.check()
         syn_seconds = generation["seconds_sampling"] + generation["seconds_embedding"]
         syn_new = generation.pop("n_embedded_new")
     _write_decision(out, decision, samples)
@@ -112,6 +112,8 @@ def gate(real: str | os.PathLike[str], out: str | os.PathLike[str], synthetic: s
     summary = _gate_summary(decision, threshold, options, ws, ref, real_source, syn_source, n_input, mode,
                             released, reasons, generation)
     summary["n_embedded_new"] = {"real": ref.stats.n_new, "synthetic": syn_new}
+    summary["exclusions"] = excluded_by_list
+    summary["warnings"] = input_warnings([real_source, syn_source])
     summary["timings"] = {"embed_real_s": ref.seconds, "synthetic_s": syn_seconds}
     from idleak.report.release import write_gate_report
 
@@ -124,7 +126,7 @@ def gate(real: str | os.PathLike[str], out: str | os.PathLike[str], synthetic: s
 
 def _sample_until(sampler: Sampler, n: int, max_draws: int, seed: int, sample_batch: int, ws: Workspace,
                   real, threshold: GalleryDecider, options: GateOptions, out: Path, aligned: bool,
-                  exclusions: dict[str, str], progress: ProgressFactory | None,
+                  exclusions: Exclusions, progress: ProgressFactory | None,
                   spec: str) -> tuple[GateDecision, dict[str, dict], dict]:
     """Call ``sampler(batch, seed)`` with seeds seed, seed+1, ... until ``n`` samples are accepted.
 
@@ -263,7 +265,7 @@ def _release(out: Path, decision: GateDecision, mode: str, syn_source: Source | 
             raise IdleakError(f"{target} exists and was not made by idleak: move it away or choose another --out")
         shutil.rmtree(target)
     os.replace(staging, target)
-    return {"mode": mode, "folder": str(target), "n_files": len(done)}
+    return {"mode": mode, "folder": target.name, "n_files": len(done)}  # relative to OUT
 
 
 def _gate_summary(decision: GateDecision, threshold: GalleryDecider, options: GateOptions, ws: Workspace, ref,
@@ -276,7 +278,8 @@ def _gate_summary(decision: GateDecision, threshold: GalleryDecider, options: Ga
     text = (f"{len(decision.accepted)} of {n_images} synthetic images released; {len(decision.rejected)} rejected: "
             f"{n_leak} match a real face above the threshold")
     if unchecked:
-        text += f", {unchecked} could not be checked (no usable face) and are held back"
+        why = ", ".join(f"{reason}: {count}" for reason, count in by_reason.items() if reason != "leak")
+        text += f", {unchecked} could not be checked or were excluded ({why}) and are held back"
     text += f". A stranger's face is rejected with probability about {options.alpha:g}."
     return {
         "analysis": "gate",

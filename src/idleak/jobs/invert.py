@@ -162,7 +162,7 @@ def run_invert(model: object, layers: str | Sequence[str], aux: str | os.PathLik
     if any(i is None for i in identities):
         raise IdleakError("PRIVATE images need identity labels (sub-folders or a manifest with identity) "
                           "for re-identification")
-    out = Path(out)
+    out = Path(os.path.abspath(out))
     out.mkdir(parents=True, exist_ok=True)
 
     ws = workspace
@@ -508,7 +508,7 @@ def run_reference(folder: str | os.PathLike[str], out: str | os.PathLike[str], o
     if settings.threads:
         torch.set_num_threads(int(settings.threads))
     split = make_split(folder, settings.seed, options.target_fraction, options.private_per_identity)
-    out = Path(out)
+    out = Path(os.path.abspath(out))
     out.mkdir(parents=True, exist_ok=True)
     train_images, train_records, _ = load_images(split.target_train, REFERENCE_INPUT)
     private_images, private_records, _ = load_images(split.private, REFERENCE_INPUT)

@@ -14,6 +14,7 @@ from pathlib import Path
 from idleak.analyses.lookup import DatasetLookup, LookupOptions, check_person, lookup_dataset, statement
 from idleak.decide import METHOD_TEXT
 from idleak.errors import IdleakError
+from idleak.jobs.edge import absolute, input_warnings
 from idleak.jobs.gate import count_values
 from idleak.jobs.workspace import ProgressFactory, Workspace, versions
 from idleak.outputs import write_excluded, write_summary_and_report, write_table
@@ -38,7 +39,7 @@ def lookup(person: str | os.PathLike[str], datasets: list[str | os.PathLike[str]
            options: LookupOptions | None = None, model: str = "dlib", cache: str | os.PathLike[str] | None = None,
            aligned_person: bool = False, aligned_datasets: bool = False, workers: int | None = None,
            progress: ProgressFactory | None = None, report: bool = True, workspace: Workspace | None = None,
-           **model_options: object) -> LookupRun:
+           identity_level: int = 1, **model_options: object) -> LookupRun:
     """Search one person's photos in each dataset (folder, manifest or store) against its calibrated threshold.
 
     Writes matches.csv (+ .parquet with face boxes), excluded.csv, summary.json (with a plain-language
@@ -48,11 +49,10 @@ def lookup(person: str | os.PathLike[str], datasets: list[str | os.PathLike[str]
     options = options or LookupOptions()
     if not datasets:
         raise IdleakError("give at least one dataset with --in")
-    if not 0 < options.alpha < 1:
-        raise IdleakError(f"--alpha must be between 0 and 1, got {options.alpha}")
-    out = Path(out)
-    person_source = open_source(person, "--person")
-    sources = [open_source(d, "--in") for d in datasets]
+    options.validate()
+    out = absolute(out)
+    person_source = open_source(person, "--person", identity_level)
+    sources = [open_source(d, "--in", identity_level) for d in datasets]
     ws = workspace or Workspace(model, cache, workers, progress, "largest", **model_options)
     out.mkdir(parents=True, exist_ok=True)
     # the person's photos: their own (largest) face; the datasets: every face (group photos)
@@ -85,6 +85,7 @@ def lookup(person: str | os.PathLike[str], datasets: list[str | os.PathLike[str]
         "inputs": {"person": person_source.spec, "datasets": [s.spec for s in sources], "store": str(ws.store.root)},
         "versions": versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "warnings": input_warnings(sources),
         "timings": {"embed_person_s": who.seconds, "embed_datasets_s": sum(p.seconds for p in prepared)},
     }
     from idleak.report.release import write_lookup_report

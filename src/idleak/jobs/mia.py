@@ -11,6 +11,7 @@ excluded.csv, plots, report.html), the result back.
 from __future__ import annotations
 
 import csv
+import math
 import os
 import time
 from collections import Counter
@@ -21,6 +22,7 @@ import numpy as np
 from idleak.analyses.mia import MiaOptions, MiaResult, combine_photos, run_mia, run_photo_scores
 from idleak.embedding import FaceSet
 from idleak.errors import IdleakError
+from idleak.jobs.edge import absolute, at_least, fraction, input_warnings
 from idleak.jobs.workspace import Prepared, ProgressFactory, Workspace, versions
 from idleak.outputs import write_excluded, write_json, write_table
 from idleak.sources import Record, Source, open_source, scan_folder
@@ -91,7 +93,8 @@ def mia(members: str | os.PathLike[str], nonmembers: str | os.PathLike[str], out
         recovery: object | None = None, targets_per_identity: int | None = None, model: str = "dlib",
         cache: str | os.PathLike[str] | None = None, faces: str = "largest", aligned_generated: bool = False,
         aligned_photos: bool = False, workers: int | None = None, progress: ProgressFactory | None = None,
-        report: bool = True, workspace: Workspace | None = None, **model_options: object) -> MiaResult:
+        report: bool = True, workspace: Workspace | None = None, identity_level: int = 1,
+        **model_options: object) -> MiaResult:
     """Run the identity membership attack and write its outputs to ``out``.
 
     One of ``generated`` (a folder of generated faces), ``generator`` (``module:function`` with
@@ -102,17 +105,20 @@ def mia(members: str | os.PathLike[str], nonmembers: str | os.PathLike[str], out
     started = time.perf_counter()
     attack = _check_form(generated, generator, generator_module, latent_recovery)
     options = options or MiaOptions()
-    if not 0 < options.alpha < 1:
-        raise IdleakError(f"--alpha must be between 0 and 1, got {options.alpha}")
+    fraction("--alpha", options.alpha)
+    at_least("--n", n, 1)
+    at_least("--batch-size", batch_size, 1)
+    at_least("--bootstrap", options.n_bootstrap, 0)
     if train_counts and train_folder:
         raise IdleakError("give --train-counts or --train-folder, not both")
     if targets_per_identity is not None and targets_per_identity < 1:
         raise IdleakError(f"--targets-per-identity must be at least 1, got {targets_per_identity}")
     counts = read_train_counts(train_counts) if train_counts else (
         count_training_folder(train_folder) if train_folder else None)
-    out = Path(out)
+    out = absolute(out)
     # validate the inputs before spending time on sampling or embedding
-    mem_source, non_source = open_source(members, "members"), open_source(nonmembers, "non-members")
+    mem_source = open_source(members, "members", identity_level)
+    non_source = open_source(nonmembers, "non-members", identity_level)
     gen_source = None
     if generated:
         from idleak.generators import without_sample_list
@@ -190,13 +196,18 @@ def mia(members: str | os.PathLike[str], nonmembers: str | os.PathLike[str], out
                          "train_counts": str(train_counts) if train_counts else None,
                          "train_folder": str(train_folder) if train_folder else None}
     summary["timings"] = timings
+    summary["warnings"] = input_warnings([mem_source, non_source])
     write_json(out / "summary.json", summary)
     from idleak.report.mia import write_mia_plots, write_mia_report
 
     t0 = time.perf_counter()
     write_mia_plots(out)
     if report:
-        write_mia_report(out)
+        from idleak.report.html import evidence
+
+        with evidence(out) as seen:
+            write_mia_report(out)
+        summary["evidence_unavailable"] = sorted(seen.missing)
     timings["plots_and_report_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - started
     write_json(out / "summary.json", summary)
@@ -337,25 +348,58 @@ ATTACK_TEXT = {
 }
 
 
+def smallest_rank_p(n_members: int, n_nonmembers: int) -> float:
+    """The smallest one-sided p-value a rank test (AUC) of these group sizes can give: every member ranked
+    above every non-member, 1 / C(m + n, m). Above alpha, no sample of this size can show a leak."""
+    if n_members < 1 or n_nonmembers < 1:
+        return 1.0
+    return 1.0 / math.comb(n_members + n_nonmembers, n_members)
+
+
+def honest_roc(roc: dict, n_nonmembers: int) -> dict:
+    """``roc`` with no TPR quoted at an FPR the non-members cannot resolve (fewer than 1 / FPR of them):
+    null, with the reason."""
+    roc = dict(roc, tpr_at_fpr=dict(roc["tpr_at_fpr"]), tpr_at_fpr_ci=dict(roc["tpr_at_fpr_ci"]))
+    reasons = {}
+    for key, ok in roc["tpr_at_fpr_resolvable"].items():
+        if not ok:
+            roc["tpr_at_fpr"][key] = None
+            roc["tpr_at_fpr_ci"][key] = None
+            reasons[key] = (f"not resolvable: {n_nonmembers} non-members resolve FPRs down to "
+                            f"{1 / max(n_nonmembers, 1):.3g} only (needs at least {math.ceil(1 / float(key))})")
+    roc["tpr_at_fpr_null_reason"] = reasons
+    return roc
+
+
 def mia_summary(result: MiaResult, options: MiaOptions, ws: Workspace, mem: Prepared, non: Prepared,
                 n_generated: int, n_generated_images: int, reasons: dict[str, int],
                 counts: dict[str, int] | None) -> dict:
-    roc = result.roc.summary()
+    roc = honest_roc(result.roc.summary(), result.n_nonmembers)
     low, high = roc["auc_ci"]
-    separates = low > 0.5
     over = {k: v for k, v in result.over_representation.items() if k != "n_train"}
-    key = "0.01" if roc["tpr_at_fpr_resolvable"]["0.01"] else "0.1"
-    verdict_text = (
-        f"AUC {roc['auc']:.3f} (95% CI {low:.3f}-{high:.3f}) over {result.n_members} members and "
-        f"{result.n_nonmembers} non-members; TPR {roc['tpr_at_fpr'][key]:.2f} at FPR {key}"
-        + ("; members are told apart from non-members: the generator leaks who it was trained on."
-           if separates else "; members are not told apart from non-members beyond chance.")
-    )
+    resolved = [k for k in ("0.01", "0.1") if roc["tpr_at_fpr"].get(k) is not None]
+    tpr_text = f"; TPR {roc['tpr_at_fpr'][resolved[0]]:.2f} at FPR {resolved[0]}" if resolved else ""
+    counts_text = (f"AUC {roc['auc']:.3f} (95% CI {low:.3f}-{high:.3f}) over {result.n_members} members and "
+                   f"{result.n_nonmembers} non-members{tpr_text}")
+    smallest_p = smallest_rank_p(result.n_members, result.n_nonmembers)
+    if smallest_p > options.alpha:
+        verdict = "too_few_to_decide"
+        verdict_text = (f"too few to decide: {result.n_members} members and {result.n_nonmembers} non-members cannot "
+                        f"reach alpha {options.alpha:g} (the smallest p-value any ranking of them can give is "
+                        f"{smallest_p:.3g}); add people on both sides. {counts_text}.")
+    elif low > 0.5:
+        verdict = "membership_leak"
+        verdict_text = (counts_text + "; members are told apart from non-members: the generator leaks who it was "
+                        "trained on.")
+    else:
+        verdict = "no_evidence_of_membership_leak"
+        verdict_text = counts_text + "; members are not told apart from non-members beyond chance."
     return {
         "analysis": "mia",
         "attack": result.attack,
         "attack_text": ATTACK_TEXT[result.attack],
-        "verdict": "membership_leak" if separates else "no_evidence_of_membership_leak",
+        "verdict": verdict,
+        "smallest_possible_p_value": smallest_p,
         "verdict_text": verdict_text,
         **roc,
         "n_members": result.n_members,

@@ -19,7 +19,7 @@ def report(out: str | os.PathLike[str]) -> dict:
 
     from idleak.report import analysis_of, rebuild
 
-    out = Path(out)
+    out = Path(os.path.abspath(out))
     analysis_of(out)  # one-line error if OUT is not an idleak output folder
     summary_path = out / "summary.json"
     summary = json.loads(summary_path.read_text(encoding="utf-8"))

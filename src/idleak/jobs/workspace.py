@@ -16,7 +16,7 @@ from idleak import __version__
 from idleak.embedding import EmbedStats, FaceSet, embed_records, hash_records, load_faces
 from idleak.errors import IdleakError
 from idleak.faces import Embedder, EmbedderSpec, load_embedder, parse_model
-from idleak.jobs.edge import apply_exclusions
+from idleak.jobs.edge import Exclusions, absolute, at_least
 from idleak.sources import Source, open_source
 from idleak.store import EmbeddingStore
 
@@ -34,7 +34,7 @@ def default_cache_root() -> Path:
 
 def store_for(model_id: str, cache: str | os.PathLike[str] | None, dim: int) -> EmbeddingStore:
     """The cache store for ``model_id``: ``cache`` itself if it is a store, else a per-model sub-folder."""
-    root = Path(cache) if cache else default_cache_root()
+    root = absolute(cache) if cache else absolute(default_cache_root())
     if (root / "store.json").is_file():
         return EmbeddingStore.open(root, model_id)
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", model_id).strip("_")
@@ -58,6 +58,7 @@ class Workspace:
                  workers: int | None = None, progress: ProgressFactory | None = None,
                  faces: str = "largest", engine: str = "local", ray_address: str | None = None,
                  **model_options: object) -> None:
+        at_least("--workers", workers, 1)
         self.spec = model if isinstance(model, EmbedderSpec) else parse_model(model, **model_options)
         self.embedder: Embedder = load_embedder(self.spec)
         self.cache = cache
@@ -79,37 +80,43 @@ class Workspace:
         return self.embedder.model_id
 
     def prepare(self, spec: str | os.PathLike[str] | Source, role: str, aligned: bool = False,
-                exclude: dict[str, str] | None = None, faces: str | None = None, quiet: bool = False) -> Prepared:
+                exclude: Exclusions | None = None, faces: str | None = None, quiet: bool = False) -> Prepared:
         """Resolve, embed (only what the store lacks) and load one input.
 
-        ``faces`` overrides the workspace's choice ("largest" or "all") for this input; ``quiet``
-        shows no progress bar for it (callers that draw their own).
+        ``exclude`` drops listed images (by path or content hash); ``faces`` overrides the workspace's
+        choice ("largest" or "all") for this input; ``quiet`` shows no progress bar for it.
         """
         start = time.perf_counter()
         faces = faces or self.faces
+        exclude = exclude or Exclusions()
         source = spec if isinstance(spec, Source) else open_source(spec, role)
-        records, dropped = apply_exclusions(source.records, exclude or {})
         if source.kind == "store":  # read-only: its dataset's hashes, in the mode it was embedded in
             store = EmbeddingStore.open(source.store_path, self.model_id)
-            hash_of = dict(zip((r.path for r in source.records), source.hashes or []))
+            kept, dropped = exclude.apply(source.records, source.hashes)
+            records = [source.records[i] for i in kept]
             found = load_faces(records, store, aligned=bool(source.aligned), faces=faces,
-                               hashes=[hash_of.get(r.path) for r in records])
+                               hashes=[source.hashes[i] for i in kept] if source.hashes else None)
             stats = EmbedStats(n_records=len(records), n_cached=len(records))
         elif source.kind == "table":
             from idleak.store.tables import table_faces
 
+            kept, dropped = exclude.apply(source.records)
             own = self.tables_model is not None  # every input is a table: its model, not --model, is the run's
             found = table_faces(source.store_path, role, self.tables_model or self.model_id,
                                 None if own else self.embedder.dim)
-            stats = EmbedStats(n_records=len(records), n_cached=len(records))
+            if dropped:
+                found = found.subset(np.array([p not in {d for d, _, _ in dropped} for p in found.paths], bool))
+            stats = EmbedStats(n_records=len(kept), n_cached=len(kept))
         else:
             progress = self.progress(f"embedding {role}") if self.progress and not quiet else None
-            hashes = hash_records(records, cache=self.store.file_hashes)
+            hashes = hash_records(source.records, cache=self.store.file_hashes)
+            kept, dropped = exclude.apply(source.records, hashes)
+            records, hashes = [source.records[i] for i in kept], [hashes[i] for i in kept]
             stats = embed_records(records, self.store, self.spec, aligned=aligned, workers=self.workers,
                                   progress=progress, embedder=self.embedder, hashes=hashes, engine=self.engine,
                                   ray_address=self.ray_address)
             found = load_faces(records, self.store, aligned=aligned, faces=faces, hashes=hashes)
-        found.excluded = dropped + found.excluded
+        found.excluded = list(source.excluded) + dropped + found.excluded
         return Prepared(source, found, stats, time.perf_counter() - start)
 
     def embed_images(self, images: list[np.ndarray], aligned: bool = False) -> FaceSet:

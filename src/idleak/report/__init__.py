@@ -43,4 +43,9 @@ def rebuild(out: str | os.PathLike[str], review: dict | None = None) -> Path:
     if name not in REPORT_WRITERS:
         raise IdleakError(f"{out}: no report for analysis {name!r}")
     module, function = REPORT_WRITERS[name].split(":")
-    return getattr(importlib.import_module(module), function)(Path(out), review)
+    from idleak.report.html import evidence
+
+    out = Path(os.path.abspath(out))
+    allowed = json.loads((out / "summary.json").read_text(encoding="utf-8")).get("evidence_unavailable", [])
+    with evidence(out, strict=True, allowed=allowed):
+        return getattr(importlib.import_module(module), function)(out, review)

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from idleak.errors import IdleakError, ImageError
+from idleak.images import load_rgb
 from idleak.outputs import top_pairs as read_top_pairs
 from idleak.report.plots import similarity_histogram
-from idleak.report.thumbs import data_uri, thumbnail
+from idleak.report.thumbs import array_thumbnail, data_uri
 
 MAX_FLAGGED_SHOWN = 120
 
@@ -30,6 +36,47 @@ def render(template: str, path: str | os.PathLike[str], **context: object) -> Pa
     return path
 
 
+@dataclass
+class Evidence:
+    """Where the report's evidence images are looked for and what happens when one cannot be read.
+
+    Paths are absolute, or relative to OUT (files idleak wrote there). A first run records the images it
+    could not read (``missing``); a rebuild (``strict``) fails on any other unreadable image instead of
+    drawing a blank.
+    """
+
+    out: Path | None = None
+    strict: bool = False
+    allowed: frozenset[str] = frozenset()
+    missing: dict[str, str] = field(default_factory=dict)  # path -> reason
+
+    def resolve(self, path: str) -> str:
+        if self.out is not None and not os.path.isabs(path):
+            return str(self.out / path)
+        return path
+
+
+_EVIDENCE: ContextVar[Evidence | None] = ContextVar("idleak_evidence", default=None)
+
+
+@contextmanager
+def evidence(out: str | os.PathLike[str], strict: bool = False, allowed: list[str] | None = None) -> Iterator[Evidence]:
+    """Reports rendered inside read their images relative to ``out``; see ``Evidence``."""
+    state = Evidence(Path(os.path.abspath(out)), strict, frozenset(allowed or []))
+    token = _EVIDENCE.set(state)
+    try:
+        yield state
+    finally:
+        _EVIDENCE.reset(token)
+    if strict:
+        lost = {p: r for p, r in state.missing.items() if p not in state.allowed}
+        if lost:
+            first, reason = next(iter(lost.items()))
+            more = f" and {len(lost) - 1} more" if len(lost) > 1 else ""
+            raise IdleakError(f"evidence image cannot be read: {first} ({reason}){more}; the report would show "
+                              f"blanks. Restore the images (or move OUT back) and run idleak report again")
+
+
 class ThumbCache:
     """Thumbnails by (path, box), so an image in many pairs is read once."""
 
@@ -40,7 +87,12 @@ class ThumbCache:
     def get(self, path: str, box: np.ndarray | None = None) -> str:
         key = (path, None if box is None else tuple(np.round(np.asarray(box, float), 1)))
         if key not in self._cache:
-            self._cache[key] = thumbnail(path, box, self.size)
+            state = _EVIDENCE.get() or Evidence()
+            try:
+                self._cache[key] = array_thumbnail(load_rgb(state.resolve(path)), box, self.size)
+            except ImageError as exc:
+                state.missing[path] = exc.reason
+                self._cache[key] = None
         return self._cache[key] or ""
 
 

@@ -55,6 +55,8 @@ def roc_plot(fpr: np.ndarray, tpr: np.ndarray, summary: dict) -> bytes:
                 key = fpr_key(level)
                 value = summary["tpr_at_fpr"][key]
                 ok = summary["tpr_at_fpr_resolvable"][key]
+                if value is None:  # not quoted: the non-members cannot resolve this FPR
+                    continue
                 ax.plot([level], [max(value, y_min)], "o", color="black" if ok else "#bbb", markersize=5)
                 ax.annotate(f"{value:.2f}{'' if ok else ' (n/r)'}", (level, max(value, y_min)), fontsize=7,
                             xytext=(4, -10), textcoords="offset points")

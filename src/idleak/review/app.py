@@ -206,12 +206,28 @@ def url_for(host: str, port: int, token: str) -> str:
     return f"http://{shown}:{port}/?token={token}"
 
 
+def check_images(pairs: CandidateSet) -> None:
+    """Every image of the pairs can be found (absolute, or relative to OUT), except those the analysis could
+    not read either (``evidence_unavailable`` in summary.json); otherwise a one-line error naming one."""
+    import json
+
+    summary = json.loads((Path(pairs.out) / "summary.json").read_text(encoding="utf-8"))
+    allowed = set(summary.get("evidence_unavailable") or [])
+    missing = [p for c in pairs.items for p in (c.left_path, c.right_path)
+               if p and p not in allowed and not pairs.resolve(p).is_file()]
+    if missing:
+        more = f" and {len(set(missing)) - 1} more" if len(set(missing)) > 1 else ""
+        raise IdleakError(f"review: image not found: {pairs.resolve(missing[0])}{more}; restore the images (or move "
+                          f"OUT back) before reviewing")
+
+
 def serve(out: str | os.PathLike[str], host: str = "127.0.0.1", port: int = 8765,
           announce: Callable[[str, CandidateSet], None] | None = None) -> None:
     """Run the review server until interrupted; ``announce(url, candidates)`` is called once it listens."""
     import uvicorn
 
     pairs = load_candidates(out)
+    check_images(pairs)
     token = secrets.token_urlsafe(24)
     app = create_app(out, token, pairs)
     sock = bind(host, port)

@@ -68,11 +68,9 @@ class CandidateSet:
         return None if index is None else self.items[index]
 
     def resolve(self, path: str) -> Path:
-        """Where an image of a pair is on disk: absolute, else relative to the working folder, else to OUT."""
+        """Where an image of a pair is on disk: absolute, else relative to OUT (a file idleak wrote there)."""
         candidate = Path(path)
-        if candidate.is_absolute() or candidate.exists():
-            return candidate
-        return self.out / candidate
+        return candidate if candidate.is_absolute() else Path(os.path.abspath(self.out)) / candidate
 
 
 def pair_id(analysis: str, left: str, right: str, left_box: list[float] | None = None) -> str:

@@ -124,10 +124,18 @@ def review_counts(verdicts: dict[str, str], candidates: CandidateSet) -> dict:
 
 
 def write_review_exclusions(path: str | os.PathLike[str], verdicts: dict[str, str], candidates: CandidateSet) -> int:
-    """``review_excluded.csv`` (path, reason): the left images reviewers excluded; usable as ``--exclude``."""
+    """``review_excluded.csv`` (path, reason, hash): the left images reviewers excluded; usable as ``--exclude``
+    (matched by path or, after the files moved, by the content hash)."""
+    from idleak.store.read import file_hash
+
     rows = sorted({(c.left_path, verdicts[c.id]) for c in candidates.items if verdicts.get(c.id) in EXCLUSIONS})
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["path", "reason"])
-        writer.writerows(rows)
+        writer.writerow(["path", "reason", "hash"])
+        for image, reason in rows:
+            try:
+                content = file_hash(str(candidates.resolve(image)))
+            except OSError:
+                content = ""
+            writer.writerow([image, reason, content])
     return len(rows)
