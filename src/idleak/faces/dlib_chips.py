@@ -8,34 +8,34 @@ embedder's aligned mode does). ``dlib_descriptors``: dlib's raw (unnormalised) 1
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import dlib
 import numpy as np
 
 from idleak.faces import detect as det
+from idleak.faces.dlib_backend import RESNET_FILE, DlibEmbedder
 
-CHIP_SIZE, CHIP_PADDING = 150, 0.25
-RESNET_FILE = "dlib_face_recognition_resnet_model_v1.dat"
+
+@lru_cache(maxsize=1)
+def _embedder() -> DlibEmbedder:
+    return DlibEmbedder(runtime="dlib")
 
 
 def face_chips(images: list[np.ndarray]) -> list[np.ndarray]:
-    """One (150, 150, 3) uint8 chip per RGB uint8 image (see the module docstring)."""
-    predictor = det.shape_predictor(5)
+    """One (150, 150, 3) uint8 chip per RGB uint8 image: the embedder's own chip of the largest face,
+    or of the image as an aligned crop when nothing is detected (see the module docstring)."""
+    embedder = _embedder()
     chips = []
     for image in images:
-        found = det.detect(image)
-        if found:
-            rect = max(found, key=lambda item: item[0].area())[0]
-            shape = predictor(image, rect)
-        else:
-            shape = predictor(image, det.full_frame(image))
-            for _ in range(2):
-                shape = predictor(image, det.box_from_five_points(det.points_of(shape), *image.shape[1::-1]))
-        chips.append(np.asarray(dlib.get_face_chip(image, shape, CHIP_SIZE, CHIP_PADDING), dtype=np.uint8))
+        faces = embedder.prepare(image) or embedder.prepare(image, aligned=True)
+        largest = max(faces, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
+        chips.append(largest.chip)
     return chips
 
 
 def dlib_descriptors(chips: list[np.ndarray]) -> np.ndarray:
-    """dlib's own network on aligned chips: (N, 128) raw descriptors."""
+    """dlib's own network on aligned chips: (N, 128) raw (unnormalised) descriptors."""
     net = dlib.face_recognition_model_v1(det.model_file(RESNET_FILE))
     return np.array([np.asarray(net.compute_face_descriptor(np.ascontiguousarray(chip)), np.float32)
                      for chip in chips], dtype=np.float32).reshape(len(chips), 128)
