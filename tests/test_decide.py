@@ -179,3 +179,25 @@ def test_manual_threshold_flags_without_a_verdict() -> None:
     assert decider.method == "manual" and np.isnan(p).all() and flagged.all()
     d = harness._decide(gallery[:5], ids[:5], gallery, ids, DecisionOptions(threshold=0.5))
     assert d.verdict == "not_tested" and "no stated error rate" in d.limits
+
+
+def test_gate_and_lookup_decider_false_match_rate_on_leak_free_data(real_faces) -> None:
+    """GalleryDecider (gate per face at alpha, lookup at alpha / P photos): strangers pass at most alpha."""
+    vectors, ids = real_faces
+    lfw = np.array([str(i).startswith("lfw_") for i in ids])
+    v, people = vectors[lfw], ids[lfw]
+    rng = np.random.default_rng(11)
+    alpha, reps, gate_false, lookup_false, faces = 0.05, 60, 0, 0, 0
+    for _ in range(reps):
+        order = rng.permutation(len(v))
+        gallery, strangers = order[:350], order[350:]
+        decider = GalleryDecider.build(v[gallery], people[gallery], "none", DecisionOptions(alpha=alpha))
+        _, _, _, flagged = decider.decide(v[strangers])
+        gate_false += int(flagged.sum())
+        faces += len(strangers)
+        person = GalleryDecider.build(v[gallery], people[gallery], "none", DecisionOptions(alpha=alpha),
+                                      level=alpha / 3, score="raw")
+        _, _, _, hit = person.decide(v[rng.choice(strangers, 3, replace=False)])  # 3 "photos" of a stranger
+        lookup_false += bool(hit.any())
+    assert gate_false / faces <= alpha + 3 * np.sqrt(alpha * (1 - alpha) / faces), gate_false / faces
+    assert within_sampling_error(lookup_false, reps, alpha), lookup_false
