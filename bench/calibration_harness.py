@@ -119,13 +119,18 @@ def vector_cell(score: str, alpha: float, reps: int, dim: int = 64, seed: int = 
     return Cell("vectors", name, alpha, reps, false, found / planted if leak else None, time.perf_counter() - start)
 
 
-def _decide(syn, syn_ids, real, real_ids, options, holdout=None, holdout_ids=None, seed=0):
+#: model id of the stores the ``faces`` cells read (their age model assigns the apparent-age strata)
+MODEL_ID = "none"
+
+
+def _decide(syn, syn_ids, real, real_ids, options, holdout=None, holdout_ids=None, seed=0, model_id=None):
     options = replace(options, seed=seed)
+    model_id = model_id or MODEL_ID
     method = choose_method(real_ids, options, holdout is not None)
     score = choose_score(method, options, len(real))
     k = min(len(real), neighbours_needed(score, options.cohort))
     top = topk(syn, real, k)
-    null = build_null(real, real_ids, "none", options, method, score, queries=syn, holdout=holdout,
+    null = build_null(real, real_ids, model_id, options, method, score, queries=syn, holdout=holdout,
                       holdout_identities=holdout_ids)
     return decide_queries(syn, syn_ids, top, null, real_ids, options)
 
@@ -133,7 +138,8 @@ def _decide(syn, syn_ids, real, real_ids, options, holdout=None, holdout_ids=Non
 # -- real faces ------------------------------------------------------------------------------------------
 def face_cell(name: str, vectors: np.ndarray, identities: np.ndarray, alpha: float, reps: int, score: str = "auto",
               holdout: bool = False, leak_ids: int = 0, min_photos: int = 2, seed: int = 0,
-              strangers: tuple[np.ndarray, np.ndarray] | None = None, max_people: int | None = None) -> Cell:
+              strangers: tuple[np.ndarray, np.ndarray] | None = None, max_people: int | None = None,
+              strata: str = "age") -> Cell:
     """Random identity splits of one population: half REAL, half SYN strangers (or ``strangers`` from
     another population); with ``holdout`` a third part is the holdout; ``leak_ids`` REAL people give
     their other photos to SYN (recall)."""
@@ -141,7 +147,7 @@ def face_cell(name: str, vectors: np.ndarray, identities: np.ndarray, alpha: flo
     ids = np.asarray(identities, dtype=object)
     people, counts = np.unique(ids, return_counts=True)
     people = people[counts >= min_photos]
-    options = DecisionOptions(alpha=alpha, score=score)
+    options = DecisionOptions(alpha=alpha, score=score, strata=strata)
     false, found, planted, undecided = 0, 0, 0, 0
     start = time.perf_counter()
     for r in range(reps):
@@ -180,8 +186,59 @@ def face_cell(name: str, vectors: np.ndarray, identities: np.ndarray, alpha: flo
         else:
             false += decision.verdict == "leak"
             undecided += decision.verdict == "too_few_to_decide"
-    what = f"{name}, {'holdout' if holdout else 'loio'} null, score {score}" + (f", {leak_ids} leaked ids" if leak_ids else "")
+    what = (f"{name}, {'holdout' if holdout else 'loio'} null, score {score}" + (f", {leak_ids} leaked ids" if leak_ids else "")
+            + ("" if strata == "age" else f", strata {strata}"))
     return Cell("faces", what, alpha, reps, false, found / planted if leak_ids else None, time.perf_counter() - start,
+                undecided)
+
+
+#: UTKFace photos more similar than this are taken for one photo uploaded twice (one identity)
+LINK_SAME_PHOTO = 0.99
+
+
+def children_in_real_cell(lfw: tuple[np.ndarray, np.ndarray], children: np.ndarray, alpha: float, reps: int,
+                          strata: str = "age", lfw_people: int = 400, seed: int = 0, leak: int = 0) -> Cell:
+    """REAL holds adults (LFW) *and* young children (half of UTKFace's); SYN is strangers: the other half
+    of the children. UTKFace has no identity labels and holds re-uploads of one photo: children linked
+    above ``LINK_SAME_PHOTO`` count as one identity (split together). With ``leak``, SYN also gets that
+    many REAL children's photos with a copy-level perturbation (recall: the share of them flagged)."""
+    rng = np.random.default_rng(seed)
+    vectors, ids = lfw
+    people = np.unique(ids)
+    from idleak.decide import synthetic_clusters
+
+    child_id, _ = synthetic_clusters(children, np.full(len(children), None, dtype=object), LINK_SAME_PHOTO,
+                                     DecisionOptions())
+    groups = np.unique(child_id)
+    options = DecisionOptions(alpha=alpha, strata=strata)
+    false, undecided, found, planted = 0, 0, 0, 0
+    start = time.perf_counter()
+    for r in range(reps):
+        chosen = set(rng.choice(people, lfw_people, replace=False))
+        adults = np.array([i in chosen for i in ids])
+        order = rng.permutation(groups)
+        real_group = np.isin(child_id, order[: len(order) // 2])
+        in_real, strangers = np.flatnonzero(real_group), np.flatnonzero(~real_group)
+        in_real = in_real[rng.permutation(len(in_real))]
+        real = np.concatenate([vectors[adults], children[in_real]])
+        real_ids = np.concatenate([ids[adults], np.array([f"child{child_id[k]}" for k in in_real], dtype=object)])
+        syn = children[strangers]
+        syn_ids = np.array([f"s{k}" for k in strangers], dtype=object)
+        if leak:
+            copies = children[in_real[:leak]] + 0.15 * rng.standard_normal((leak, children.shape[1])) / np.sqrt(
+                children.shape[1])
+            syn = np.concatenate([syn, copies / np.linalg.norm(copies, axis=1, keepdims=True)])
+            syn_ids = np.concatenate([syn_ids, np.array([f"leak{k}" for k in range(leak)], dtype=object)])
+        decision = _decide(syn.astype(np.float32), syn_ids, real.astype(np.float32), real_ids, options, seed=r)
+        if leak:
+            planted += leak
+            found += int(decision.flagged[-leak:].sum())
+        else:
+            false += decision.verdict == "leak"
+            undecided += decision.verdict == "too_few_to_decide"
+    name = ((f"LFW ({lfw_people} people) + " if lfw_people else "") + "UTKFace children REAL vs UTKFace children "
+            f"strangers, strata {strata}" + (f", {leak} near-copies of REAL children" if leak else ""))
+    return Cell("faces", name, alpha, reps, false, found / planted if leak else None, time.perf_counter() - start,
                 undecided)
 
 
@@ -192,8 +249,12 @@ def face_cells(stores: str, reps: int, max_people: int = 600) -> list[Cell]:
     def have(name: str) -> bool:
         return os.path.isdir(os.path.join(stores, name))
 
+    from idleak.store import EmbeddingStore
+
+    global MODEL_ID
     cells: list[Cell] = []
     lfw = load_store(os.path.join(stores, "store-lfw"))
+    MODEL_ID = EmbeddingStore.open(os.path.join(stores, "store-lfw")).model_id
     others = {}
     for name, label in (("store-orl", "ORL"), ("store-yaleb-aligned", "Yale B")):
         if have(name):
@@ -231,6 +292,39 @@ def face_cells(stores: str, reps: int, max_people: int = 600) -> list[Cell]:
                 if label in others:
                     cells.append(face_cell(label, *others[label], alpha, reps, score=score))
                     print(table(cells[-1:]).splitlines()[-1], flush=True)
+    return cells
+
+
+def children_cells(stores: str, reps: int) -> list[Cell]:
+    """Young children (UTKFace, under 13) against adults and against other children, with and without the
+    apparent-age strata; LFW with strata (what they cost adults)."""
+    import os
+
+    from idleak.store import EmbeddingStore
+
+    global MODEL_ID
+    lfw = load_store(os.path.join(stores, "store-lfw"))
+    MODEL_ID = EmbeddingStore.open(os.path.join(stores, "store-lfw")).model_id
+    rows = EmbeddingStore.open(os.path.join(stores, "store-utk")).rows()
+    ok = np.array([r is None for r in rows.reason]) & (rows.face == 0)
+    ages = np.array([int(os.path.basename(str(p)).split("_")[0]) for p in rows.path[ok]])
+    children = rows.vectors[ok][ages < 13]
+    strangers = (children, np.array([f"utk{k}" for k in range(len(children))], dtype=object))
+    cells: list[Cell] = []
+
+    def show(cell: Cell) -> None:
+        cells.append(cell)
+        print(table([cell]).splitlines()[-1], flush=True)
+
+    for alpha in (0.05, 0.01):
+        for strata in ("none", "age"):
+            show(face_cell("LFW REAL vs UTKFace children (<13) strangers", *lfw, alpha, reps, min_photos=1,
+                           strangers=strangers, max_people=600, strata=strata))
+        show(face_cell("LFW", *lfw, alpha, reps, min_photos=1, max_people=600, strata="age"))
+        show(face_cell("LFW", *lfw, alpha, max(5, reps // 20), leak_ids=30, max_people=600, strata="age"))
+        for lfw_people in (0, 400):
+            show(children_in_real_cell(lfw, children, alpha, reps, lfw_people=lfw_people))
+        show(children_in_real_cell(lfw, children, alpha, max(5, reps // 20), lfw_people=0, leak=20))
     return cells
 
 
@@ -282,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(table([c]).splitlines()[-1], flush=True)
     if args.stores and "faces" in families:
         cells += face_cells(args.stores, reps if full else 20, args.max_people)
+    if args.stores and "children" in families:
+        cells += children_cells(args.stores, reps if full else 20)
     text = table(cells)
     if args.out:
         with open(args.out, "w") as handle:

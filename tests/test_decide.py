@@ -8,6 +8,7 @@ module replaced are shown to fail, so these tests can fail.
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -175,7 +176,7 @@ def test_manual_threshold_flags_without_a_verdict() -> None:
     gallery /= np.linalg.norm(gallery, axis=1, keepdims=True)
     ids = np.array([f"r{i // 5}" for i in range(50)], dtype=object)
     decider = GalleryDecider.build(gallery, ids, "none", DecisionOptions(threshold=0.5))
-    _, _, p, flagged = decider.decide(gallery[:5])
+    _, _, p, flagged, _ = decider.decide(gallery[:5])
     assert decider.method == "manual" and np.isnan(p).all() and flagged.all()
     d = harness._decide(gallery[:5], ids[:5], gallery, ids, DecisionOptions(threshold=0.5))
     assert d.verdict == "not_tested" and "no stated error rate" in d.limits
@@ -192,12 +193,96 @@ def test_gate_and_lookup_decider_false_match_rate_on_leak_free_data(real_faces) 
         order = rng.permutation(len(v))
         gallery, strangers = order[:350], order[350:]
         decider = GalleryDecider.build(v[gallery], people[gallery], "none", DecisionOptions(alpha=alpha))
-        _, _, _, flagged = decider.decide(v[strangers])
+        _, _, _, flagged, _ = decider.decide(v[strangers])
         gate_false += int(flagged.sum())
         faces += len(strangers)
         person = GalleryDecider.build(v[gallery], people[gallery], "none", DecisionOptions(alpha=alpha),
                                       level=alpha / 3, score="raw")
-        _, _, _, hit = person.decide(v[rng.choice(strangers, 3, replace=False)])  # 3 "photos" of a stranger
+        _, _, _, hit, _ = person.decide(v[rng.choice(strangers, 3, replace=False)])  # 3 "photos" of a stranger
         lookup_false += bool(hit.any())
     assert gate_false / faces <= alpha + 3 * np.sqrt(alpha * (1 - alpha) / faces), gate_false / faces
     assert within_sampling_error(lookup_false, reps, alpha), lookup_false
+
+
+# -- apparent-age strata ----------------------------------------------------------------------------------
+def _strata_null(rng: np.random.Generator, adults: int, children: int, shift: float) -> Null:
+    """A loio-like null: adults' best matches ~ N(0, 1), young children's ~ N(shift, 1) (denser region)."""
+    values = np.concatenate([rng.standard_normal(adults), shift + rng.standard_normal(children)])
+    null = Null("leave_one_identity_out", "raw", adults + children, values, values,
+                groups=np.arange(adults + children))
+    null.strata = np.repeat([0, 1], [adults, children])
+    null.covered = (0, 1)
+    return null
+
+
+def test_age_strata_hold_alpha_for_children_where_the_pooled_null_does_not() -> None:
+    """Children strangers (scores shifted up, as on real faces) against a null of adults and children."""
+    rng = np.random.default_rng(12)
+    alpha, reps, shift = 0.05, 100, 1.5
+    clusters = np.repeat(np.arange(60), 5)  # 40 adult identities + 20 child identities of 5 faces
+    strata = np.repeat([0, 1], [200, 100])
+    pooled_false = strata_false = 0
+    for r in range(reps):
+        null = _strata_null(rng, 2000, 200, shift)
+        x = rng.standard_normal(300) + shift * strata
+        stratified = judge(x, null, clusters, "identity", alpha, seed=r, strata=strata)
+        pooled = judge(x, replace(null, covered=None, strata=None), clusters, "identity", alpha, seed=r)
+        strata_false += stratified.verdict == "leak"
+        pooled_false += pooled.verdict == "leak"
+        assert stratified.decided.all()
+    assert within_sampling_error(strata_false, reps, alpha), strata_false
+    assert not within_sampling_error(pooled_false, reps, alpha), pooled_false  # the pooled null fails here
+
+
+def test_children_without_a_null_of_children_are_set_aside_not_decided() -> None:
+    rng = np.random.default_rng(13)
+    null = _strata_null(rng, 2000, 0, 0.0)
+    strata = np.repeat([0, 1], [50, 50])
+    x = np.concatenate([rng.standard_normal(50), 10 + rng.standard_normal(50)])  # children far above any adult
+    d = judge(x, null, np.arange(100), "identity", 0.01, strata=strata)
+    assert not d.flagged[50:].any() and d.set_aside[50:].all() and d.decided[:50].all()
+    assert d.verdict == "no_evidence_of_leak" and d.details["strata"]["set_aside_faces"] == 50
+    assert "set aside" in d.limits
+    only_children = judge(x[50:], null, np.arange(50), "identity", 0.01, strata=strata[50:])
+    assert only_children.verdict == "too_few_to_decide" and not only_children.flagged.any()
+
+
+@pytest.fixture(scope="module")
+def utk_children(faces_root: Path, workspace):
+    """Embeddings of 60 UTKFace photos of children aged 1-8 the age classifier was not trained on."""
+    from idleak.age import utk_train_part
+    from idleak.sources import Record, Source
+
+    utk = faces_root.parent / "ages" / "utkface"
+    assert utk.is_dir(), f"UTKFace not found at {utk}"
+    chosen = [p for p in sorted(utk.glob("*.jpg"))
+              if 1 <= int(p.name.split("_", 1)[0]) <= 8 and not utk_train_part(str(p))][:60]
+    return workspace.prepare(Source("utk", "manifest", [Record(str(p), None) for p in chosen]), "SYN").faces
+
+
+def test_children_against_a_gallery_of_adults_are_set_aside_on_real_faces(real_faces, utk_children, workspace):
+    """Real UTKFace children vs the planted REAL (LFW + ORL adults): pooled, many are 'matched'; with
+    the age strata (the default) they are set aside and the verdict rests on the adults."""
+    vectors, ids = real_faces
+    children = utk_children.vectors
+    syn_ids = np.array([f"child{k}" for k in range(len(children))], dtype=object)
+    stratified = harness._decide(children, syn_ids, vectors, ids, DecisionOptions(alpha=0.05),
+                                 model_id=workspace.model_id)
+    pooled = harness._decide(children, syn_ids, vectors, ids, DecisionOptions(alpha=0.05, strata="none"),
+                             model_id=workspace.model_id)
+    assert len(children) >= 55
+    assert pooled.flagged.mean() > 3 * 0.05, pooled.flagged.mean()  # adults' null does not hold for children
+    assert stratified.set_aside.mean() >= 0.85 and not stratified.flagged[stratified.set_aside].any()
+    assert stratified.verdict != "leak"
+
+
+def test_gate_rejects_children_it_cannot_decide_as_undecidable(planted: dict, utk_children, workspace) -> None:
+    from idleak.analyses.gate import UNDECIDABLE, GateOptions, run_gate
+
+    real = workspace.prepare(planted["real"], "REAL").faces
+    gated = run_gate(utk_children, real, workspace.model_id, GateOptions(alpha=0.05)).decision
+    reasons = gated.reasons()
+    assert reasons.get(UNDECIDABLE, 0) >= 0.85 * len(utk_children), reasons
+    assert all(r["p_value"] is None for r in gated.rejected if r["reason"] == UNDECIDABLE)
+    pooled = run_gate(utk_children, real, workspace.model_id, GateOptions(alpha=0.05, strata="none")).decision
+    assert UNDECIDABLE not in pooled.reasons()

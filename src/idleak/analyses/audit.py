@@ -172,7 +172,7 @@ def run_audit(synthetic: FaceSet, real: FaceSet, model_id: str, options: AuditOp
     if options.exclude_children:
         synthetic, real = exclude_children(synthetic, model_id), exclude_children(real, model_id)
         holdout = exclude_children(holdout, model_id) if holdout is not None else None
-    else:
+    elif options.strata == "none":
         warnings += children_warning(synthetic, model_id)
     synthetic, identical = split_identical(synthetic, real)
     if len(real) == 0:
@@ -222,10 +222,15 @@ def search_options(options: AuditOptions, null: Null) -> dict:
         raise IdleakError(f"--engine must be local or ray, not {options.engine!r}")
     bound = None
     if options.search != "exact":
-        t = null.threshold(options.alpha)  # the loosest level the decision uses
-        close = null.raw[null.values >= t] if null.empirical else np.zeros(0)
-        raw_t = float(close.min()) if len(close) else (t if null.score == "raw" else -1.0)
-        bound = (raw_t if np.isfinite(raw_t) else -1.0) - options.search_margin
+        raws = []
+        for stratum in (0,) if null.covered is None else null.covered:  # the lowest threshold of any stratum
+            part = null.part(stratum)
+            if part.m == 0:  # nothing of this stratum can be flagged: its faces need no exactness
+                continue
+            t = part.threshold(max(options.alpha, part.resolution()))  # the loosest level it may flag at
+            close = part.raw[part.values >= t] if part.empirical else np.zeros(0)
+            raws.append(float(close.min()) if len(close) else (t if part.score == "raw" else -1.0))
+        bound = (min(raws) if raws else -1.0) - options.search_margin
     return {"engine": options.search, "device": search_device(options.device), "bound": bound}
 
 
@@ -309,6 +314,10 @@ def audit_fields(result: AuditResult) -> dict:
         text += {"leak": "; the synthetic set contains real identities.",
                  "no_evidence_of_leak": "; no evidence of leakage beyond chance.",
                  "too_few_to_decide": "; too few faces or null values to decide at this error rate."}[decision.verdict]
+    aside = int(decision.set_aside.sum())
+    if aside:
+        text += (f" {aside} synthetic face(s) that look like young children were set aside, not decided: REAL holds "
+                 "too few children to calibrate a child's false-match rate (listed in set_aside.csv).")
     if result.identical_files:
         text += (f" {len(result.identical_files)} synthetic file(s) are byte-identical to REAL files "
                  "(listed apart as identical files).")
@@ -322,6 +331,7 @@ def audit_fields(result: AuditResult) -> dict:
         "n_synthetic_faces": n_syn,
         "n_real_faces": len(result.real),
         "n_flagged": ft["n_flagged"],
+        "n_set_aside": aside,
         "expected_by_chance": ft.get("expected_by_chance"),
         **result.counts,
         "identical_files": result.identical_files,

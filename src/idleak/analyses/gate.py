@@ -2,8 +2,10 @@
 
 An image is **rejected** when any of its faces is closer to a real face than the audit's
 threshold (reason ``leak``), and also when it could not be checked at all: no face found,
-unreadable, or excluded by the user (reason ``no_face``, ``corrupt``, ``child`` ...). A gate
-must not release what it could not check. Everything else is **accepted**.
+unreadable, or excluded by the user (reason ``no_face``, ``corrupt``, ``child`` ...), or
+its face could not be decided (reason ``undecidable``: a young child's face when REAL holds too few
+children to calibrate a child's false-match rate). A gate must not release what it could not check.
+Everything else is **accepted**.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from idleak.errors import IdleakError
 
 #: Reason of an image whose face matches a real face above the threshold.
 LEAK = "leak"
+#: Reason of an image with a face no null could decide (its apparent-age stratum was set aside).
+UNDECIDABLE = "undecidable"
 
 
 @dataclass
@@ -74,23 +78,30 @@ def gate_faces(synthetic: FaceSet, real: FaceSet, threshold: GalleryDecider, blo
     best: dict[str, dict] = {}
     order: list[str] = []
     if len(synthetic) and len(real):
-        found, values, p_values, flagged = threshold.decide(synthetic.vectors)
+        found, values, p_values, flagged, decided = threshold.decide(synthetic.vectors)
         for q in range(len(synthetic)):
             path = str(synthetic.paths[q])
             j, score = int(found.indices[q, 0]), float(found.scores[q, 0])
             row = {"path": path, "similarity": score, "real_path": str(real.paths[j]),
                    "real_identity": real.identities[j], "box": _box(synthetic.boxes[q]),
-                   "real_box": _box(real.boxes[j]), "statistic": float(values[q]), "p_value": float(p_values[q]),
-                   "flagged": bool(flagged[q])}
+                   "real_box": _box(real.boxes[j]), "statistic": float(values[q]),
+                   "p_value": float(p_values[q]) if decided[q] else None,
+                   "flagged": bool(flagged[q]), "undecided": not decided[q]}
             if path not in best:
                 order.append(path)
                 best[path] = row
-            elif (row["flagged"], score) > (best[path]["flagged"], best[path]["similarity"]):
-                best[path] = row  # several faces in one image: a flagged face decides, else the closest
+            elif (row["flagged"], row["undecided"], score) > (best[path]["flagged"], best[path]["undecided"],
+                                                              best[path]["similarity"]):
+                best[path] = row  # several faces in one image: a flagged face decides, then an undecided one
     for path in order:
         row = best.pop(path)
-        if row.pop("flagged"):
+        flagged_row, undecided = row.pop("flagged"), row.pop("undecided")
+        if flagged_row:
             decision.rejected.append({**row, "reason": LEAK, "detail": ""})
+        elif undecided:
+            decision.rejected.append({**row, "reason": UNDECIDABLE,
+                                      "detail": "looks like a young child; REAL holds too few children to "
+                                                "calibrate a child's false-match rate"})
         else:
             decision.accepted.append(row)
     for path, reason, detail in synthetic.excluded:

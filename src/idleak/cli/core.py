@@ -25,6 +25,7 @@ BatchSize = Annotated[int | None, typer.Option("--batch-size", help="Faces per i
 Runtime = Annotated[str | None, typer.Option("--runtime", help="dlib model: 'onnx' (default, the batched ONNX port) or 'dlib' (dlib's own, one face at a time).")]
 Device = Annotated[str | None, typer.Option("--device", help="cpu (default), cuda (an error without a GPU) or auto (GPU if usable, else CPU, and it says so): embedding inference and, for audit, exact search (torch).")]
 IdentityLevel = Annotated[int, typer.Option("--identity-level", help="Which sub-folder level names the identity: 1 (default) the first (FOLDER/PERSON/x.jpg), 2 for FOLDER/SPLIT/PERSON/x.jpg, 0 for none (all unlabelled).")]
+Strata = Annotated[str, typer.Option("--strata", help="age (default): a face that looks like a young child is compared with a null of children (REAL's children, or the holdout's); without enough of them it is set aside, not decided, because a null of adults does not hold for children. none: one null for every face (children are then flagged far beyond alpha). Needs the dlib model's age classifier; other models run without strata and say so.")]
 Detector = Annotated[str | None, typer.Option("--detector", help="Face detector: hog (default), cnn (dlib's MMOD CNN, slow on CPU) or auto (CNN where HOG finds nothing).")]
 
 
@@ -51,6 +52,7 @@ def register(app: typer.Typer) -> None:
         fmr: Annotated[float | None, typer.Option(help="With --method shipped: flag at this per-comparison false-match rate; each face is then flagged by chance with probability at most N x FMR for a gallery of N faces, and that rate is tested.")] = None,
         exclude: Annotated[Path | None, typer.Option(help="CSV (path,reason[,hash]) of images to leave out, e.g. child or not_a_face; matched by path or content; a list matching nothing is an error.")] = None,
         exclude_children: Annotated[bool, typer.Option("--exclude-children", help="Leave out faces whose apparent age (estimated from the embedding) is a child's, on every side.")] = False,
+        strata: Strata = "age",
         faces: Annotated[str, typer.Option(help="'largest' face per image, or 'all' faces as separate rows.")] = "largest",
         aligned: Annotated[bool, typer.Option("--aligned", help="Treat every image (both sides) as an aligned face crop: no detection.")] = False,
         aligned_synthetic: Annotated[bool, typer.Option("--aligned-synthetic", help="Only SYN images are aligned crops (DCFace, IDiff-Face ...).")] = False,
@@ -82,7 +84,7 @@ def register(app: typer.Typer) -> None:
 
         options = AuditOptions(alpha=alpha, top_k=top_k, method=method, score=score, threshold=threshold, fmr=fmr,
                                exclude_children=exclude_children, search=search, device=device, engine=engine,
-                               ray_address=ray_address)
+                               ray_address=ray_address, strata=strata)
         with RichProgress() as progress:
             result = audit(synthetic, real, out_dir, model=model, cache=cache, options=options, exclude=exclude,
                            faces=faces, aligned_synthetic=aligned or aligned_synthetic,

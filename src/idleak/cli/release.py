@@ -19,6 +19,7 @@ from idleak.cli.core import (
     InputStd,
     Model,
     Runtime,
+    Strata,
     Workers,
     model_options,
 )
@@ -37,6 +38,7 @@ def register(app: typer.Typer) -> None:
         alpha: Annotated[float, typer.Option(help="Chance that a stranger's face is rejected; as in the audit.")] = 0.01,
         method: Annotated[str, typer.Option(help="Null: auto (loio if REAL is labelled, else shipped), loio, shipped, manual.")] = "auto",
         threshold: Annotated[float | None, typer.Option(help="Use this cosine threshold instead of calibrating (method manual).")] = None,
+        strata: Strata = "age",
         seed: Annotated[int, typer.Option(help="With --generator: seed of the first batch; batch b gets seed + b.")] = 0,
         sample_batch: Annotated[int, typer.Option("--sample-batch", help="With --generator: largest number of samples per call.")] = 256,
         max_draws: Annotated[int | None, typer.Option("--max-draws", help="With --generator: stop with an error after this many samples [10 x N].")] = None,
@@ -59,13 +61,13 @@ def register(app: typer.Typer) -> None:
         """Release gate: release only synthetic images that pass the audit's calibrated test.
 
         An image is rejected when one of its faces matches a real face above the threshold, and also
-        when it could not be checked (no face found, unreadable): a gate does not release what it
-        could not check. With --generator, samples are drawn and checked until N are accepted.
+        when it could not be checked (no face found, unreadable, or a young child's face when REAL
+        holds too few children to calibrate it): a gate does not release what it could not check. With --generator, samples are drawn and checked until N are accepted.
         """
         from idleak.analyses.gate import GateOptions
         from idleak.jobs.gate import gate
 
-        options = GateOptions(alpha=alpha, method=method, threshold=threshold)
+        options = GateOptions(alpha=alpha, method=method, threshold=threshold, strata=strata)
         with RichProgress() as progress:
             result = gate(real, out_dir, synthetic=synthetic, generator=generator, n=n, mode=mode, options=options,
                           model=model, cache=cache, exclude=exclude, faces=faces, aligned_synthetic=aligned_synthetic,

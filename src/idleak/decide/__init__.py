@@ -12,6 +12,12 @@ gallery?" at a stated error rate. Its parts:
 * **Tests** — conformal per-face p-values, a count test that accounts for the finite null, and a
   cluster-level test (synthetic identities, or clusters of near-identical faces) that stays valid
   when faces of one identity are correlated (:mod:`.stats`).
+* **Strata** — young children match strangers far more often than adults (face models place them
+  close together), so a null made of adults does not hold for them. With ``strata="age"`` (the
+  default where the face model has a shipped age model, :mod:`idleak.age`) each face is compared with
+  the null of its own apparent-age stratum (Mondrian conformal p-values); a stratum whose null is too
+  small to resolve the level (REAL without children, the shipped calibration) is *set aside*: its
+  faces are listed, counted and never decided.
 """
 
 from __future__ import annotations
@@ -28,6 +34,9 @@ from idleak.errors import IdleakError
 from idleak.search import ProgressFn, TopK, topk
 
 METHODS = ("auto", "loio", "holdout", "shipped", "manual")
+STRATA = ("age", "none")
+#: Stratum ids of the age strata (``idleak.age.is_child`` at the shipped operating point).
+STRATUM_NAMES = {0: "adult", 1: "child"}
 SCORES = ("auto", "csls", "raw")
 #: Below this share of labelled gallery faces (or with fewer than 2 identities) LOIO is not used.
 MIN_LABELLED_FRACTION = 0.5
@@ -53,6 +62,7 @@ class DecisionOptions:
     search_margin: float = 0.05  # ivf: queries whose raw score is within this of a flag are searched exactly
     engine: str = "local"  # local | ray
     ray_address: str | None = None
+    strata: str = "age"  # age: children against a null of children (where an age model exists) | none
 
     def validate(self) -> None:
         if not 0 < self.alpha < 1:
@@ -65,6 +75,8 @@ class DecisionOptions:
             raise IdleakError(f"--threshold is a cosine similarity in [-1, 1], got {self.threshold}")
         if self.fmr is not None and not 0 < self.fmr < 1:
             raise IdleakError(f"--fmr must be between 0 and 1 (exclusive), got {self.fmr}")
+        if self.strata not in STRATA:
+            raise IdleakError(f"--strata must be one of {', '.join(STRATA)}, got {self.strata!r}")
         if self.cohort < 3:
             raise IdleakError(f"--cohort must be at least 3, got {self.cohort}")
 
@@ -84,6 +96,31 @@ class Null:
     groups: np.ndarray | None = None  # identity of each null value: the null's sample size is its people
     shipped: object | None = None
     details: dict = field(default_factory=dict)
+    strata: np.ndarray | None = None  # stratum of each null value (empirical nulls)
+    covered: tuple[int, ...] | None = None  # strata this null can calibrate; None: not stratified
+    stratifier: str | None = None  # model id whose age model assigns strata
+
+    def stratum_of(self, vectors: np.ndarray) -> np.ndarray | None:
+        """Each face's stratum (0 adult, 1 young child), or None when the null is not stratified."""
+        if self.covered is None:
+            return None
+        from idleak.age import is_child
+
+        return is_child(vectors, self.stratifier).astype(np.int64) if len(vectors) else np.zeros(0, np.int64)
+
+    def part(self, stratum: int) -> Null | None:
+        """The null restricted to one stratum (None: this null holds nothing of it)."""
+        if self.covered is None:
+            return self
+        if stratum not in self.covered:
+            return None
+        plain = {"strata": None, "covered": None}
+        if not self.empirical:
+            return replace(self, **plain)
+        keep = self.strata == stratum
+        return replace(self, values=self.values[keep], raw=self.raw[keep],
+                       nearest=self.nearest[keep] if len(self.nearest) == len(keep) else self.nearest,
+                       groups=None if self.groups is None else self.groups[keep], **plain)
 
     @property
     def empirical(self) -> bool:
@@ -184,7 +221,7 @@ def build_null(gallery: np.ndarray, gallery_identities: np.ndarray, model_id: st
         calibration = load_shipped(model_id)
         null = Null("shipped", "raw", n, shipped=calibration)
         null.details = {"provenance": getattr(calibration, "provenance", None)}
-        return null
+        return _stratified(null, None, model_id, options)
     k = neighbours_needed(score, options.cohort)
     density = gallery_density(gallery, groups, options.cohort, options.block_size) if score == "csls" else None
     if method == "loio":
@@ -208,8 +245,9 @@ def build_null(gallery: np.ndarray, gallery_identities: np.ndarray, model_id: st
         details = {"null_queries": int(len(values)), "null_sampled_from": int(len(labelled)),
                    "null_identities": int(len(np.unique(lab_groups))), "gallery_labelled": int(len(labelled)),
                    "gallery_unlabelled": int(n - len(labelled))}
-        return Null("leave_one_identity_out", score, n, values, top.scores[:, 0].astype(np.float64), nearest,
+        null = Null("leave_one_identity_out", score, n, values, top.scores[:, 0].astype(np.float64), nearest,
                     density=density, groups=groups[sample][ok], details=details)
+        return _stratified(null, gallery[sample[ok]], model_id, options)
     if method == "holdout":
         if holdout is None or len(holdout) == 0:
             raise IdleakError("--method holdout needs --holdout with usable faces")
@@ -229,9 +267,34 @@ def build_null(gallery: np.ndarray, gallery_identities: np.ndarray, model_id: st
         values = statistic(top, score, options.cohort, hold_groups, hold_density)
         details = {"holdout_faces": int(len(holdout)), "holdout_gallery_used": int(len(hold)),
                    "gallery_size": int(n), "size_ratio": n / len(hold)}
-        return Null("holdout", score, n, values, top.scores[:, 0].astype(np.float64), size_ratio=n / len(hold),
+        null = Null("holdout", score, n, values, top.scores[:, 0].astype(np.float64), size_ratio=n / len(hold),
                     density=density, details=details)
+        return _stratified(null, queries, model_id, options)
     raise IdleakError(f"unknown method {method!r}: use {', '.join(METHODS)}")
+
+
+def _stratified(null: Null, null_vectors: np.ndarray | None, model_id: str, options: DecisionOptions) -> Null:
+    """``null`` split into apparent-age strata (``options.strata == "age"`` and an age model for the model).
+
+    An empirical null's values are assigned the stratum of the face they were measured on; the shipped
+    calibration (in-the-wild adults) covers adults only.
+    """
+    if options.strata != "age":
+        return null
+    from idleak.age import load_age_model
+
+    try:
+        load_age_model(model_id)
+    except IdleakError:  # no age model for this face model: one stratum, said in the summary
+        null.details["strata"] = f"none (no shipped age model for {model_id})"
+        return null
+    null.stratifier = model_id
+    if null_vectors is None:
+        null.covered = (0,)
+        return null
+    null.covered = tuple(STRATUM_NAMES)
+    null.strata = null.stratum_of(null_vectors)
+    return null
 
 
 def synthetic_clusters(vectors: np.ndarray, identities: np.ndarray, link: float,
@@ -279,6 +342,13 @@ class Decision:
     verdict: str  # leak | no_evidence_of_leak | too_few_to_decide | not_tested
     limits: str
     details: dict = field(default_factory=dict)
+    strata: np.ndarray | None = None  # per query face: its stratum (None: not stratified)
+    decided: np.ndarray | None = None  # per query face: False when its stratum was set aside
+
+    @property
+    def set_aside(self) -> np.ndarray:
+        """Per query face: True when no null of its stratum could decide it."""
+        return np.zeros(len(self.flagged), bool) if self.decided is None else ~self.decided
 
 
 def decide_queries(queries: np.ndarray, query_identities: np.ndarray, top: TopK, null: Null,
@@ -307,40 +377,65 @@ def decide_queries(queries: np.ndarray, query_identities: np.ndarray, top: TopK,
             raise IdleakError("--fmr sets the shipped calibration's per-comparison rate: use it with --method shipped")
         # a stranger's best match among N faces passes with probability at most N * fmr (union bound)
         face_level = min(1.0, null.gallery_size * options.fmr)
-    return judge(values, null, clusters, how, alpha, options.seed, face_level)
+    return judge(values, null, clusters, how, alpha, options.seed, face_level, null.stratum_of(queries))
 
 
 def judge(values: np.ndarray, null: Null, clusters: np.ndarray, how: str, alpha: float, seed: int = 0,
-          face_level: float | None = None) -> Decision:
-    """The tests on per-face statistics: flags, face-level count test, cluster-level test, verdict."""
+          face_level: float | None = None, strata: np.ndarray | None = None) -> Decision:
+    """The tests on per-face statistics: flags, face-level count test, cluster-level test, verdict.
+
+    With ``strata`` (each face's stratum, for a stratified null) a face is tested against its own
+    stratum's null; strata the null cannot resolve at the decision's level are set aside.
+    """
     n = len(values)
-    resolution = null.resolution()
-    alpha_eff = max(face_level if face_level is not None else alpha, resolution)
-    p = null.p_values(values)
-    threshold = null.threshold(alpha_eff)
-    flagged = p <= alpha_eff * (1 + 1e-9)  # the level itself may come from the same float arithmetic
-    k = int(flagged.sum())
-    m = null.m
-    if null.empirical:
-        face_p = stats.count_p_value_finite_null(k, n, m, null.level_on_null(alpha_eff))
+    values = np.asarray(values, np.float64)
+    if strata is None or null.covered is None:
+        strata = np.zeros(n, np.int64)
+        parts = {0: null}
     else:
-        face_p = stats.count_p_value_exact_rate(k, n, alpha_eff)
-    low, high = stats.proportion_interval(k, n)
-    face_test = {"n": n, "n_flagged": k, "expected_by_chance": alpha_eff * n, "p_value": face_p,
+        strata = np.asarray(strata, np.int64)
+        parts = {int(s): null.part(int(s)) for s in sorted(set(np.unique(strata).tolist()) | set(null.covered))}
+    usable = {s: part for s, part in parts.items() if part is not None and (part.m is None or part.m > 0)}
+    # the main stratum (the one that resolves the smallest level) sets the level the flags hold at
+    main = min(usable, key=lambda s: usable[s].resolution(), default=None)
+    resolution = usable[main].resolution() if main is not None else 1.0
+    alpha_eff = max(face_level if face_level is not None else alpha, resolution)
+    kept = {s: part for s, part in usable.items() if part.resolution() <= alpha_eff}
+    decided = np.isin(strata, list(kept))
+    p = np.ones(n)
+    own_p = np.ones(n)  # on the null's own scale (the holdout size correction is monotone)
+    for s, part in usable.items():
+        rows = strata == s
+        if rows.any():
+            p[rows] = part.p_values(values[rows])
+            own_p[rows] = (stats.conformal_p_values(values[rows], part.values, part.groups)
+                           if part.empirical and part.size_ratio != 1 else p[rows])
+    threshold = usable[main].threshold(alpha_eff) if main is not None else float("inf")
+    flagged = decided & (p <= alpha_eff * (1 + 1e-9))  # the level itself may come from the same float arithmetic
+    k = int(flagged.sum())
+    level = null.level_on_null(alpha_eff)
+    sizes = {s: part.m for s, part in kept.items()}
+    n_by = [int((decided & (strata == s)).sum()) for s in kept]
+    face_p = stats.count_p_value_strata(k, n_by, list(sizes.values()), level) if kept else 1.0
+    n_decided = int(decided.sum())
+    low, high = stats.proportion_interval(k, n_decided)
+    face_test = {"n": n_decided, "n_flagged": k, "expected_by_chance": alpha_eff * n_decided, "p_value": face_p,
                  "flagged_fraction_ci95": [low, high],
                  "test": "beta-binomial (finite null)" if null.empirical else "binomial (exact rate)",
                  "assumes": "independent faces; see the cluster test for faces of one identity"}
-    # cluster p-values on the null's own scale (the holdout size correction is monotone)
-    own_p = (stats.conformal_p_values(values, null.values, null.groups)
-             if null.empirical and null.size_ratio != 1 else p)
-    level = null.level_on_null(alpha_eff)
-    ct = stats.cluster_test(own_p, clusters, level, m, seed=seed)
+    # the cluster tests run on the decided faces; a cluster of set-aside faces only is not counted
+    _, sub_clusters = np.unique(clusters[decided], return_inverse=True)
+    sub_clusters = sub_clusters.ravel().astype(np.int64)
+    sub_strata = strata[decided]
+    m_main = sizes.get(main) if main in sizes else None
+    ct = stats.cluster_test(own_p[decided], sub_clusters, level, m_main, seed=seed, strata=sub_strata,
+                            stratum_sizes=sizes or {0: m_main})
     n_c = len(ct.flagged)
     kc = int(ct.flagged.sum())
     c_low, c_high = stats.proportion_interval(kc, n_c)
     # two tests, alpha split between them (Bonferroni): the count of flagged clusters (many moderate
     # matches) and the strongest cluster (a few near-certain ones)
-    p_max = stats.strongest_cluster_p(p, clusters)
+    p_max = stats.strongest_cluster_p(p[decided], sub_clusters)
     p_verdict = min(1.0, 2 * min(ct.p_value, p_max))
     cluster_test = {"level": how, "n": n_c, "n_flagged": kc, "expected_by_chance": ct.expected,
                     "p_value": p_verdict, "p_value_count": ct.p_value, "p_value_strongest": p_max,
@@ -348,18 +443,42 @@ def judge(values: np.ndarray, null: Null, clusters: np.ndarray, how: str, alpha:
                     "test": "flagged clusters counted against the null (Bonferroni within a cluster, clusters "
                             "independent given the null" + (", finite-null mixture" if null.empirical else "")
                             + ") and the strongest cluster (Bonferroni over clusters); alpha split between the two"}
-    smallest = 1.0 / (m + 1) if m is not None else 0.0  # no face can have a smaller p-value
-    best_count = stats.cluster_test(np.full(n, smallest), clusters, level, m, draws=500, seed=seed).p_value \
-        if n else 1.0
-    best_max = stats.strongest_cluster_p(np.full(n, max(smallest, null.resolution())), clusters) if n else 1.0
+    # the smallest p-value each face could reach: can the tests reach alpha at all?
+    smallest = np.array([1.0 / (kept[s].m + 1) if kept[s].m is not None else 0.0
+                         for s in sub_strata]) if n_decided else np.zeros(0)
+    best_count = stats.cluster_test(smallest, sub_clusters, level, m_main, draws=500, seed=seed,
+                                    strata=sub_strata, stratum_sizes=sizes or {0: m_main}).p_value \
+        if n_decided else 1.0
+    best_max = stats.strongest_cluster_p(np.maximum(smallest, resolution), sub_clusters) if n_decided else 1.0
     best_possible = min(1.0, 2 * min(best_count, best_max))
     if resolution > alpha or best_possible >= alpha:
         verdict = "too_few_to_decide"
     else:
         verdict = "leak" if p_verdict < alpha else "no_evidence_of_leak"
-    limits = _limits(null, how, alpha, alpha_eff, verdict)
+    strata_info = _strata_info(null, parts, kept, strata, decided, alpha_eff) if null.covered is not None else None
+    limits = _limits(null, how, alpha, alpha_eff, verdict, strata_info)
+    details = {"resolution": resolution, "best_possible_p": best_possible}
+    if strata_info is not None:
+        details["strata"] = strata_info
+        details["thresholds"] = {STRATUM_NAMES[s]: part.threshold(alpha_eff) for s, part in kept.items()}
     return Decision(null.kind, null, values, p, flagged, threshold, alpha, alpha_eff, face_test, cluster_test,
-                    clusters, verdict, limits, {"resolution": resolution, "best_possible_p": best_possible})
+                    clusters, verdict, limits, details, strata if null.covered is not None else None, decided)
+
+
+def _strata_info(null: Null, parts: dict, kept: dict, strata: np.ndarray, decided: np.ndarray,
+                 level: float) -> dict:
+    """Per stratum: faces, null size, and whether it was decided or set aside (and why)."""
+    out = {"by": "apparent age from the face embedding (idleak.age, young children under 13)", "strata": {}}
+    for s, part in parts.items():
+        entry = {"faces": int((strata == s).sum()), "null_size": None if part is None else part.m,
+                 "decided": s in kept}
+        if s not in kept:
+            entry["reason"] = ("the null holds no faces of this stratum" if part is None or part.m == 0 else
+                               f"the null's {part.m} value(s) of this stratum resolve {part.resolution():.3g}, "
+                               f"not {level:.3g}")
+        out["strata"][STRATUM_NAMES[s]] = entry
+    out["set_aside_faces"] = int((~decided).sum())
+    return out
 
 
 def _link_similarity(null: Null, options: DecisionOptions) -> float:
@@ -375,14 +494,13 @@ def _link_similarity(null: Null, options: DecisionOptions) -> float:
     return float(np.quantile(raw, 1 - level, method="higher"))
 
 
-def _limits(null: Null, how: str, alpha: float, alpha_eff: float, verdict: str) -> str:
+def _limits(null: Null, how: str, alpha: float, alpha_eff: float, verdict: str, strata: dict | None = None) -> str:
     unit = {"identity": "synthetic identity", "cluster": "cluster of near-identical synthetic faces",
             "identity+cluster": "synthetic identity (or cluster of unlabelled near-identical faces)"}[how]
     source = {
         "leave_one_identity_out": "real faces searched against the other real identities, so it holds for "
                                   "synthetic faces of REAL's population; measured on real faces it also held for "
-                                  "grey studio strangers against in-the-wild photos, but not for young children "
-                                  "(use --exclude-children, or a holdout that holds children)",
+                                  "grey studio strangers against in-the-wild photos",
         "holdout": "the same synthetic faces searched against real people who were not in training, so it holds "
                    "as far as the holdout is drawn from the same population as REAL",
         "shipped": "the model's false-match rate on in-the-wild public photos (LFW), so it holds for galleries of "
@@ -395,6 +513,14 @@ def _limits(null: Null, how: str, alpha: float, alpha_eff: float, verdict: str) 
     if null.score == "csls":
         text += (" The csls statistic is experimental: on real faces (LFW) its leave-one-identity-out verdicts "
                  "exceeded alpha (bench/RESULTS.md); the default raw similarity held it.")
+    if strata is None and null.kind != "manual":
+        text += (" Apparent-age strata are off: a null of adults does not hold for young children "
+                 "(measured: 27% false verdicts at alpha 0.01), so children in SYN can be flagged wrongly.")
+    elif strata is not None and strata["set_aside_faces"]:
+        aside = [name for name, e in strata["strata"].items() if not e["decided"] and e["faces"]]
+        text += (f" {strata['set_aside_faces']} synthetic face(s) of the {', '.join(aside)} stratum were set aside, "
+                 "not decided: the null holds too few faces of that apparent age to calibrate them (a null of "
+                 "adults does not hold for young children); give REAL or a --holdout with such faces to decide them.")
     if verdict == "too_few_to_decide":
         text += " Too few faces or null values to reach the stated level: no verdict."
     return text
@@ -462,18 +588,34 @@ class GalleryDecider:
         k = neighbours_needed(self.null.score, self.options.cohort)
         return search_gallery(queries, self.gallery, k, self.options)
 
-    def decide(self, queries: np.ndarray) -> tuple[TopK, np.ndarray, np.ndarray, np.ndarray]:
-        """(neighbours, statistic, p-value, flagged) for each query face."""
+    def decide(self, queries: np.ndarray) -> tuple[TopK, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(neighbours, statistic, p-value, flagged, decided) for each query face.
+
+        ``decided`` is False for a face whose apparent-age stratum the null cannot calibrate at this
+        level (a young child against a gallery of adults): its p-value is NaN and it is not flagged.
+        """
         top = self.search(queries)
         if len(queries) == 0:
             empty = np.zeros(0)
-            return top, empty, empty, np.zeros(0, bool)
+            return top, empty, empty, np.zeros(0, bool), np.zeros(0, bool)
         values = statistic(top, self.null.score, self.options.cohort, group_ids(self.gallery_identities),
                            self.null.density)
         if self.null.kind == "manual":
-            return top, values, np.full(len(values), np.nan), top.scores[:, 0] > self.value
-        p = self.null.p_values(values)
-        return top, values, p, p <= self.level
+            return top, values, np.full(len(values), np.nan), top.scores[:, 0] > self.value, np.ones(len(values), bool)
+        strata = self.null.stratum_of(queries)
+        if strata is None:
+            p = self.null.p_values(values)
+            return top, values, p, p <= self.level, np.ones(len(values), bool)
+        p = np.full(len(values), np.nan)
+        decided = np.zeros(len(values), bool)
+        for s in np.unique(strata):
+            part = self.null.part(int(s))
+            if part is None or (part.m is not None and part.m == 0) or part.resolution() > self.level:
+                continue
+            rows = strata == s
+            p[rows] = part.p_values(values[rows])
+            decided[rows] = True
+        return top, values, p, decided & (np.nan_to_num(p, nan=1.0) <= self.level), decided
 
 
 # -- thresholds for the other analyses (membership attack, inversion) ---------------------------------
@@ -550,5 +692,7 @@ def decision_summary(decision: Decision) -> dict:
         "error_rates": {"per_face_false_flag": decision.alpha_effective,
                         "per_identity_false_flag": decision.alpha_effective,
                         "false_leak_verdict": decision.alpha if decision.verdict != "not_tested" else None},
+        "strata": decision.details.get("strata", {"by": "none", "set_aside_faces": 0}),
+        "thresholds_by_stratum": decision.details.get("thresholds"),
         "limits": decision.limits,
     }

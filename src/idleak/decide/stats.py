@@ -14,6 +14,9 @@ Everything here is a pure function on arrays of scores; nothing knows about face
   cluster); clusters of different people are independent given the null, and the count of flagged
   clusters is tested against the mixture over the null's order statistics (Monte Carlo on the
   exact joint law of the top order statistics of ``m`` uniforms).
+* **Strata.** A null split into strata (Mondrian conformal: young children and adults) gives each
+  face a p-value from its own stratum's null. The strata's nulls are disjoint, hence independent:
+  the count tests convolve one finite-null law per stratum.
 """
 
 from __future__ import annotations
@@ -93,6 +96,28 @@ def count_p_value_finite_null(n_flagged: int, n: int, m: int, level: float) -> f
     return float(stats.betabinom.sf(n_flagged - 1, n, j, m - j + 1))
 
 
+def count_p_value_strata(n_flagged: int, ns: list[int], ms: list[int | None], level: float) -> float:
+    """P(sum_s K_s >= n_flagged), K_s the flags of ``ns[s]`` faces against stratum s's null of ``ms[s]``.
+
+    Each stratum's K_s is beta-binomial (finite null) or binomial (``ms[s]`` None: an exact rate); the
+    strata's nulls are disjoint, so the K_s are independent and their law is the convolution.
+    """
+    if n_flagged <= 0:
+        return 1.0
+    pmf = np.ones(1)
+    for n, m in zip(ns, ms):
+        if n == 0:
+            continue
+        support = np.arange(n + 1)
+        if m is None:
+            part = stats.binom.pmf(support, n, min(1.0, level))
+        else:
+            j = rank_of_level(m, level)
+            part = stats.betabinom.pmf(support, n, j, m - j + 1) if j >= 1 else (support == 0).astype(float)
+        pmf = np.convolve(pmf, part)
+    return float(np.clip(pmf[n_flagged:].sum(), 0.0, 1.0))
+
+
 def count_p_value_exact_rate(n_flagged: int, n: int, rate: float) -> float:
     """P(K >= n_flagged) for K ~ Binomial(n, rate): a per-face false-flag rate known without error."""
     if n == 0 or n_flagged <= 0:
@@ -111,12 +136,16 @@ class ClusterTest:
 
 
 def cluster_test(p_values: np.ndarray, clusters: np.ndarray, level: float, m: int | None,
-                 draws: int = 2000, seed: int = 0) -> ClusterTest:
+                 draws: int = 2000, seed: int = 0, strata: np.ndarray | None = None,
+                 stratum_sizes: dict[int, int | None] | None = None) -> ClusterTest:
     """Flag clusters whose smallest p-value is <= level / size, and test their count.
 
     ``clusters`` gives each face's cluster id (0..C-1). ``m`` is the size of a finite empirical null
     (conformal p-values); ``None`` means the p-values are exact (a shipped calibration): each cluster
-    is then flagged with probability at most ``level`` independently.
+    is then flagged with probability at most ``level`` independently. With ``strata`` (each face's
+    stratum) and ``stratum_sizes`` (each stratum's null size, None for an exact rate) a face's p-value
+    comes from its stratum's null: a cluster of n_s faces per stratum is flagged with probability at most
+    sum_s n_s F_s, the F_s drawn independently per stratum (disjoint nulls).
     """
     clusters = np.asarray(clusters, np.int64)
     n_clusters = int(clusters.max()) + 1 if len(clusters) else 0
@@ -127,23 +156,45 @@ def cluster_test(p_values: np.ndarray, clusters: np.ndarray, level: float, m: in
     np.minimum.at(min_p, clusters, np.asarray(p_values, np.float64))
     flagged = min_p <= level / sizes
     k = int(flagged.sum())
-    if m is None:
-        probs = np.minimum(1.0, sizes * (level / sizes))  # = level, Bonferroni bound per cluster
-        expected = float(probs.sum())
-        p = count_p_value_exact_rate(k, n_clusters, level) if k else 1.0
-        return ClusterTest(flagged, p, expected, 0)
-    j = np.array([rank_of_level(m, level / s) for s in sizes])
-    unresolvable = int((j < 1).sum())
-    # groups of clusters sharing (size, j): same flag probability given the null
-    keys, group_of = np.unique(np.stack([sizes, j], 1), axis=0, return_inverse=True)
+    if strata is None:
+        strata = np.zeros(len(clusters), np.int64)
+        stratum_sizes = {0: m}
+    strata = np.asarray(strata, np.int64)
+    names = sorted(stratum_sizes)
+    # faces per (cluster, stratum); clusters with the same composition share a flag probability
+    composition = np.zeros((n_clusters, len(names)), np.int64)
+    for col, s in enumerate(names):
+        composition[:, col] = np.bincount(clusters[strata == s], minlength=n_clusters)
+    keys, group_of = np.unique(composition, axis=0, return_inverse=True)
     counts = np.bincount(group_of.ravel(), minlength=len(keys))
-    g_size, g_j = keys[:, 0], keys[:, 1]
-    expected = float(sum(c * min(1.0, s * jj / (m + 1)) for c, s, jj in zip(counts, g_size, g_j)))
+    g_size = keys.sum(1)
+    finite = [s for s in names if stratum_sizes[s] is not None]
+    j = {s: np.array([rank_of_level(stratum_sizes[s], level / max(n, 1)) for n in g_size]) for s in finite}
+    resolvable = np.zeros(len(keys), bool)
+    for col, s in enumerate(names):
+        resolvable |= (keys[:, col] > 0) & ((j[s] >= 1) if s in j else True)
+    unresolvable = int(counts[~resolvable].sum())
+    expected = 0.0
+    for g in range(len(keys)):
+        bound = sum(keys[g, col] * (level / g_size[g] if stratum_sizes[s] is None
+                                    else j[s][g] / (stratum_sizes[s] + 1)) for col, s in enumerate(names))
+        expected += counts[g] * min(1.0, bound)
     if k == 0:
         return ClusterTest(flagged, 1.0, expected, unresolvable)
-    f = _top_uniform_tails(m, int(g_j.max()), draws, seed)  # (draws, jmax + 1): F_j
-    probs = np.minimum(1.0, g_size[None, :] * f[:, g_j])  # (draws, groups)
-    probs[:, g_j < 1] = 0.0
+    probs = np.zeros((draws, len(keys)))
+    for col, s in enumerate(names):
+        if not keys[:, col].any():
+            continue
+        if stratum_sizes[s] is None:
+            probs += keys[None, :, col] * (level / g_size)[None, :]
+            continue
+        js = j[s]
+        f = _top_uniform_tails(stratum_sizes[s], int(max(js.max(), 1)), draws, seed + 7919 * col)  # F_j per draw
+        probs += keys[None, :, col] * np.where(js >= 1, f[:, np.minimum(js, f.shape[1] - 1)], 0.0)
+    probs = np.minimum(1.0, probs)
+    if not finite:
+        p = count_p_value_exact_rate(k, n_clusters, level)
+        return ClusterTest(flagged, p, expected, 0)
     p = float(np.mean(_sum_of_binomials_sf(k, counts, probs)))
     return ClusterTest(flagged, min(1.0, p), expected, unresolvable)
 

@@ -65,6 +65,13 @@ def audit(synthetic: str | os.PathLike[str], real: str | os.PathLike[str], out: 
     reasons = write_excluded(out / "excluded.csv", excluded)
     write_pairs(out / "pairs.csv", result.synthetic, result.real, result.scores, result.indices,
                 result.decision.flagged)
+    aside = result.decision.set_aside
+    if aside.any():  # faces no null could decide (a young child's face against a gallery of adults)
+        write_excluded(out / "set_aside.csv", [(str(p), "set_aside_child", "apparent age under 13; REAL holds too "
+                                                "few children to calibrate a child's false-match rate")
+                                               for p in result.synthetic.paths[aside]])
+    else:
+        (out / "set_aside.csv").unlink(missing_ok=True)
     np.savez_compressed(out / "scores.npz", nearest=result.nearest.astype(np.float32),
                         statistic=result.decision.statistic.astype(np.float32),
                         p_value=result.decision.p_values.astype(np.float32),
