@@ -286,3 +286,14 @@ def test_gate_rejects_children_it_cannot_decide_as_undecidable(planted: dict, ut
     assert all(r["p_value"] is None for r in gated.rejected if r["reason"] == UNDECIDABLE)
     pooled = run_gate(utk_children, real, workspace.model_id, GateOptions(alpha=0.05, strata="none")).decision
     assert UNDECIDABLE not in pooled.reasons()
+
+
+def test_lookup_of_a_child_in_a_dataset_of_adults_cannot_decide(planted: dict, utk_children, workspace) -> None:
+    from idleak.analyses.lookup import LookupOptions, lookup_dataset
+
+    dataset = workspace.prepare(planted["real"], "REAL").faces
+    child = utk_children.subset(np.arange(len(utk_children)) < 1)  # one child's photo
+    result = lookup_dataset(child, dataset, workspace.model_id, "planted", LookupOptions(alpha=0.05))
+    assert not result.decidable and not result.found and result.value == np.inf
+    adult = dataset.subset(np.arange(len(dataset)) == 0)  # an adult's photo: decided as before
+    assert lookup_dataset(adult, dataset, workspace.model_id, "planted", LookupOptions(alpha=0.05)).decidable

@@ -73,8 +73,10 @@ def test_gate_rejects_leaks_and_releases_strangers(gated, planted):
     strangers = [r for r in rejected if kind_of(r["path"])[0] == "stranger"]
     assert sum(r["reason"] == "leak" for r in strangers) <= 1
     unchecked = [r for r in strangers if r["reason"] != "leak"]
-    assert all(r["reason"] == "no_face" and r["similarity"] == "" and r["real_path"] == "" for r in unchecked)
-    assert len(unchecked) <= 3
+    # no face found; or a face that may be a young child's, which REAL (adults) cannot calibrate
+    assert all((r["reason"] == "no_face" and r["similarity"] == "" and r["real_path"] == "")
+               or (r["reason"] == "undecidable" and r["p_value"] == "") for r in unchecked)
+    assert len(unchecked) <= 4
     assert len(accepted) >= 40 - 4
     assert all(float(r["p_value"]) > summary["alpha"] and float(r["statistic"]) <= summary["threshold"]
                for r in accepted)

@@ -35,6 +35,8 @@ class DatasetLookup:
     n_faces: int
     matches: list[dict] = field(default_factory=list)  # most similar first
     closest: dict | None = None  # the most similar pair, matched or not
+    value: float = float("inf")  # the similarity threshold used (the strictest over the photos decided)
+    n_photos_undecided: int = 0  # the person's photos no null could decide (may be a young child's)
 
     @property
     def found(self) -> bool:
@@ -42,8 +44,10 @@ class DatasetLookup:
 
     @property
     def decidable(self) -> bool:
-        """False when the dataset's null cannot resolve alpha / P: no match could ever be found."""
-        return self.threshold is not None and self.threshold.resolvable
+        """False when the dataset's null cannot resolve alpha / P for this person's faces (too few labelled
+        faces; or the person looks like a young child and the dataset holds too few children)."""
+        return self.threshold is not None and self.threshold.resolvable and bool(np.isfinite(self.value))
+
 
 
 def check_person(person: FaceSet) -> None:
@@ -68,8 +72,15 @@ def lookup_dataset(person: FaceSet, dataset: FaceSet, model_id: str, name: str,
     # raw similarity, so that every dataset face above the threshold can be listed as a match
     threshold = GalleryDecider.build(dataset.vectors, dataset.identities, model_id,
                                      dataclasses.replace(options, score="raw"), level=alpha_per_photo, score="raw")
-    found = topk(dataset.vectors, person.vectors, 1, block_size=options.block_size)
-    scores, best = found.scores[:, 0], found.indices[:, 0]
+    # each photo at its apparent-age stratum's threshold; a photo no null can decide is not used
+    limits = threshold.thresholds_for(person.vectors)
+    found = topk(dataset.vectors, person.vectors, len(person), block_size=options.block_size)
+    above = found.scores > limits[np.maximum(found.indices, 0)]
+    matched = above.any(1)
+    # the photo reported per dataset face: the closest one that passes, else the closest one
+    pick = np.where(matched, np.argmax(above, axis=1), 0)
+    scores = found.scores[np.arange(len(dataset)), pick]
+    best = found.indices[np.arange(len(dataset)), pick]
     rows = []
     for i in np.argsort(-scores, kind="stable"):
         j = int(best[i])
@@ -77,10 +88,13 @@ def lookup_dataset(person: FaceSet, dataset: FaceSet, model_id: str, name: str,
             "dataset": name, "dataset_path": str(dataset.paths[i]), "dataset_identity": dataset.identities[i],
             "person_path": str(person.paths[j]), "similarity": float(scores[i]),
             "identical_file": bool(dataset.hashes[i] == person.hashes[j]),
-            "dataset_box": _box(dataset.boxes[i]), "person_box": _box(person.boxes[j]),
+            "dataset_box": _box(dataset.boxes[i]), "person_box": _box(person.boxes[j]), "matched": bool(matched[i]),
         })
-    matches = [r for r in rows if r["similarity"] > threshold.value]
-    return DatasetLookup(name, threshold, alpha_per_photo, len(dataset), matches, rows[0] if rows else None)
+    matches = [r for r in rows if r.pop("matched")]
+    decided = np.isfinite(limits)
+    value = float(limits[decided].max()) if decided.any() else float("inf")
+    return DatasetLookup(name, threshold, alpha_per_photo, len(dataset), matches, rows[0] if rows else None, value,
+                         int((~decided).sum()))
 
 
 def statement(results: list[DatasetLookup], alpha: float, n_person_faces: int, n_person_excluded: int) -> dict:
@@ -90,14 +104,18 @@ def statement(results: list[DatasetLookup], alpha: float, n_person_faces: int, n
     undecided = [r for r in results if not r.found and not r.decidable and r.n_faces]
     for r in results:
         if not r.found and not r.decidable and r.n_faces:
-            lines.append(f"{r.name}: too few labelled faces to decide at this error rate ({r.n_faces} faces); "
-                         "no match could be found, which proves nothing.")
+            lines.append(f"{r.name}: cannot decide at this error rate ({r.n_faces} faces: too few labelled faces, "
+                         "or the person looks like a young child and the dataset holds too few children to "
+                         "calibrate); no match could be found, which proves nothing.")
         elif r.found:
             ids = sorted({str(m["dataset_identity"]) for m in r.matches if m["dataset_identity"] is not None})
             who = f" (labelled {', '.join(ids[:5])}{' ...' if len(ids) > 5 else ''})" if ids else ""
             lines.append(f"{r.name}: {len(r.matches)} of {r.n_faces} faces match this person{who}.")
         else:
             lines.append(f"{r.name}: no match among {r.n_faces} faces.")
+        if r.n_photos_undecided and r.decidable:
+            lines[-1] += (f" {r.n_photos_undecided} of the person's photos may show a young child and were not used: "
+                          "the dataset holds too few children to calibrate them.")
     if found:
         headline = f"Faces matching this person were found in {len(found)} of {len(results)} dataset(s)."
     elif undecided:

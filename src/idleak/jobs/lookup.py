@@ -112,7 +112,7 @@ def _dataset_summary(result: DatasetLookup, source: Source, prepared) -> dict:
         "name": result.name, "spec": source.spec, "n_images": len(source.records), "n_faces": result.n_faces,
         "n_excluded": len(prepared.faces.excluded), "found": result.found, "n_matches": len(result.matches),
         "matched_identities": ids, "decided": result.found or result.decidable,
-        "threshold": result.threshold.value if result.threshold else None,
+        "threshold": result.value if result.threshold else None,
         "method": result.threshold.method if result.threshold else "none",
         "method_text": METHOD_TEXT[result.threshold.method] if result.threshold else "no faces to compare with",
         "alpha_per_photo": result.alpha_per_photo,
