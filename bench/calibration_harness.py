@@ -41,6 +41,7 @@ class Cell:
     recall: float | None = None
     seconds: float = 0.0
     undecided: int = 0  # "too_few_to_decide" verdicts
+    recall_by: dict | None = None  # recall of leaked identities by how many of their photos leaked: (found, planted)
 
     @property
     def rate(self) -> float:
@@ -149,6 +150,7 @@ def face_cell(name: str, vectors: np.ndarray, identities: np.ndarray, alpha: flo
     people = people[counts >= min_photos]
     options = DecisionOptions(alpha=alpha, score=score, strata=strata)
     false, found, planted, undecided = 0, 0, 0, 0
+    by_photos: dict[int, tuple[int, int]] = {}
     start = time.perf_counter()
     for r in range(reps):
         order = rng.permutation(people)[:max_people]
@@ -183,13 +185,18 @@ def face_cell(name: str, vectors: np.ndarray, identities: np.ndarray, alpha: flo
             is_leak = np.array([str(i).startswith("leak_") for i in syn_ids])
             planted += leak_ids
             found += len(np.unique(decision.clusters[is_leak & decision.flagged]))
+            for person in leaked:
+                mine = syn_ids == f"leak_{person}"
+                key = min(int(mine.sum()), 3)
+                hit, total = by_photos.get(key, (0, 0))
+                by_photos[key] = (hit + int(decision.flagged[mine].any()), total + 1)
         else:
             false += decision.verdict == "leak"
             undecided += decision.verdict == "too_few_to_decide"
     what = (f"{name}, {'holdout' if holdout else 'loio'} null, score {score}" + (f", {leak_ids} leaked ids" if leak_ids else "")
             + ("" if strata == "age" else f", strata {strata}"))
     return Cell("faces", what, alpha, reps, false, found / planted if leak_ids else None, time.perf_counter() - start,
-                undecided)
+                undecided, dict(sorted(by_photos.items())) if leak_ids else None)
 
 
 #: UTKFace photos more similar than this are taken for one photo uploaded twice (one identity)
@@ -197,11 +204,13 @@ LINK_SAME_PHOTO = 0.99
 
 
 def children_in_real_cell(lfw: tuple[np.ndarray, np.ndarray], children: np.ndarray, alpha: float, reps: int,
-                          strata: str = "age", lfw_people: int = 400, seed: int = 0, leak: int = 0) -> Cell:
+                          strata: str = "age", lfw_people: int = 400, seed: int = 0, leak: int = 0,
+                          holdout: bool = False, label: str = "UTKFace children") -> Cell:
     """REAL holds adults (LFW) *and* young children (half of UTKFace's); SYN is strangers: the other half
     of the children. UTKFace has no identity labels and holds re-uploads of one photo: children linked
     above ``LINK_SAME_PHOTO`` count as one identity (split together). With ``leak``, SYN also gets that
-    many REAL children's photos with a copy-level perturbation (recall: the share of them flagged)."""
+    many REAL children's photos with a copy-level perturbation (recall: the share of them flagged). With
+    ``holdout``, the children are split in thirds: REAL, SYN strangers and a HOLDOUT (the holdout null)."""
     rng = np.random.default_rng(seed)
     vectors, ids = lfw
     people = np.unique(ids)
@@ -217,8 +226,10 @@ def children_in_real_cell(lfw: tuple[np.ndarray, np.ndarray], children: np.ndarr
         chosen = set(rng.choice(people, lfw_people, replace=False))
         adults = np.array([i in chosen for i in ids])
         order = rng.permutation(groups)
-        real_group = np.isin(child_id, order[: len(order) // 2])
-        in_real, strangers = np.flatnonzero(real_group), np.flatnonzero(~real_group)
+        cut = len(order) // 3 if holdout else len(order) // 2
+        real_group = np.isin(child_id, order[:cut])
+        hold_group = np.isin(child_id, order[cut:2 * cut]) if holdout else np.zeros(len(child_id), bool)
+        in_real, strangers = np.flatnonzero(real_group), np.flatnonzero(~real_group & ~hold_group)
         in_real = in_real[rng.permutation(len(in_real))]
         real = np.concatenate([vectors[adults], children[in_real]])
         real_ids = np.concatenate([ids[adults], np.array([f"child{child_id[k]}" for k in in_real], dtype=object)])
@@ -229,15 +240,19 @@ def children_in_real_cell(lfw: tuple[np.ndarray, np.ndarray], children: np.ndarr
                 children.shape[1])
             syn = np.concatenate([syn, copies / np.linalg.norm(copies, axis=1, keepdims=True)])
             syn_ids = np.concatenate([syn_ids, np.array([f"leak{k}" for k in range(leak)], dtype=object)])
-        decision = _decide(syn.astype(np.float32), syn_ids, real.astype(np.float32), real_ids, options, seed=r)
+        hold = children[hold_group] if holdout else None
+        hold_ids = np.array([f"h{child_id[k]}" for k in np.flatnonzero(hold_group)], dtype=object) if holdout else None
+        decision = _decide(syn.astype(np.float32), syn_ids, real.astype(np.float32), real_ids, options, hold,
+                           hold_ids, seed=r)
         if leak:
             planted += leak
             found += int(decision.flagged[-leak:].sum())
         else:
             false += decision.verdict == "leak"
             undecided += decision.verdict == "too_few_to_decide"
-    name = ((f"LFW ({lfw_people} people) + " if lfw_people else "") + "UTKFace children REAL vs UTKFace children "
-            f"strangers, strata {strata}" + (f", {leak} near-copies of REAL children" if leak else ""))
+    name = ((f"LFW ({lfw_people} people) + " if lfw_people else "") + f"{label} REAL vs {label} "
+            f"strangers, {'holdout' if holdout else 'loio'} null, strata {strata}"
+            + (f", {leak} near-copies of REAL children" if leak else ""))
     return Cell("faces", name, alpha, reps, false, found / planted if leak else None, time.perf_counter() - start,
                 undecided)
 
@@ -309,6 +324,7 @@ def children_cells(stores: str, reps: int) -> list[Cell]:
     ok = np.array([r is None for r in rows.reason]) & (rows.face == 0)
     ages = np.array([int(os.path.basename(str(p)).split("_")[0]) for p in rows.path[ok]])
     children = rows.vectors[ok][ages < 13]
+    adults = rows.vectors[ok][(ages >= 20) & (ages < 60)][:1500]
     strangers = (children, np.array([f"utk{k}" for k in range(len(children))], dtype=object))
     cells: list[Cell] = []
 
@@ -324,7 +340,13 @@ def children_cells(stores: str, reps: int) -> list[Cell]:
         show(face_cell("LFW", *lfw, alpha, max(5, reps // 20), leak_ids=30, max_people=600, strata="age"))
         for lfw_people in (0, 400):
             show(children_in_real_cell(lfw, children, alpha, reps, lfw_people=lfw_people))
-        show(children_in_real_cell(lfw, children, alpha, max(5, reps // 20), lfw_people=0, leak=20))
+        for holdout in (False, True):
+            show(children_in_real_cell(lfw, children, alpha, max(5, reps // 20), lfw_people=0, leak=20,
+                                       holdout=holdout))
+        show(children_in_real_cell(lfw, children, alpha, reps, lfw_people=0, holdout=True))
+        # two adult populations in one REAL: in-the-wild LFW and UTKFace's cropped web photos
+        for lfw_people in (0, 400):
+            show(children_in_real_cell(lfw, adults, alpha, reps, lfw_people=lfw_people, label="UTKFace adults"))
     return cells
 
 

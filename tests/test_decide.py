@@ -297,3 +297,15 @@ def test_lookup_of_a_child_in_a_dataset_of_adults_cannot_decide(planted: dict, u
     assert not result.decidable and not result.found and result.value == np.inf
     adult = dataset.subset(np.arange(len(dataset)) == 0)  # an adult's photo: decided as before
     assert lookup_dataset(adult, dataset, workspace.model_id, "planted", LookupOptions(alpha=0.05)).decidable
+
+
+def test_population_warning_when_most_synthetic_faces_sit_above_the_null() -> None:
+    from idleak.analyses.audit import population_warning
+
+    rng = np.random.default_rng(14)
+    values = rng.standard_normal(2000)
+    null = Null("leave_one_identity_out", "raw", 2000, values, values)
+    same = judge(rng.standard_normal(500), null, np.arange(500), "identity", 0.01)
+    denser = judge(1.5 + rng.standard_normal(500), null, np.arange(500), "identity", 0.01)
+    assert 0.4 < same.details["median_p"] < 0.6 and population_warning(same) == []
+    assert denser.details["median_p"] < 0.25 and "median p-value" in population_warning(denser)[0]

@@ -158,6 +158,23 @@ def children_warning(faces: FaceSet, model_id: str) -> list[str]:
             "--exclude-children, or give a --holdout that holds children."]
 
 
+#: Median p-value of the decided synthetic faces below which the audit warns of a population mismatch
+#: (strangers of the null's population give about 0.5; measured on real faces: 0.35-0.74 where the null
+#: held, 0.07-0.26 for children in a REAL that mixes LFW adults and UTKFace children; bench/RESULTS.md).
+MEDIAN_P_WARNING = 0.25
+
+
+def population_warning(decision: Decision) -> list[str]:
+    """A warning when most synthetic faces sit closer to REAL than the null's strangers do."""
+    median = decision.details.get("median_p")
+    if median is None or median >= MEDIAN_P_WARNING:
+        return []
+    return [f"The synthetic faces' median p-value is {median:.2f} (about 0.5 for strangers of the null's population): "
+            "most of them sit closer to REAL than REAL's own people sit to each other. Either most of SYN leaks, or "
+            "SYN resembles a denser population than the null holds (children, one source of a mixed REAL) and the "
+            "verdict's error rate is not guaranteed: give a --holdout of REAL's population."]
+
+
 def run_audit(synthetic: FaceSet, real: FaceSet, model_id: str, options: AuditOptions | None = None,
               progress: ProgressFactory | None = None, holdout: FaceSet | None = None) -> AuditResult:
     """Search each synthetic face among the real ones, decide at the stated error rate, count identities."""
@@ -189,6 +206,7 @@ def run_audit(synthetic: FaceSet, real: FaceSet, model_id: str, options: AuditOp
     result = topk(synthetic.vectors, real.vectors, k, block_size=options.block_size,
                   progress=progress("searching") if progress else None, **search_options(options, null))
     decision = decide_queries(synthetic.vectors, synthetic.identities, result, null, real.identities, options)
+    warnings += population_warning(decision)
     top_k = min(options.top_k, k)
     scores, indices = result.scores[:, :top_k], result.indices[:, :top_k]
     hubs = find_hubs(indices[:, 0] if len(indices) else np.zeros(0, np.int64), decision.clusters, null,
@@ -316,8 +334,8 @@ def audit_fields(result: AuditResult) -> dict:
                  "too_few_to_decide": "; too few faces or null values to decide at this error rate."}[decision.verdict]
     aside = int(decision.set_aside.sum())
     if aside:
-        text += (f" {aside} synthetic face(s) that look like young children were set aside, not decided: REAL holds "
-                 "too few children to calibrate a child's false-match rate (listed in set_aside.csv).")
+        text += (f" {aside} synthetic face(s) that may be young children's were set aside, not decided (listed in "
+                 "set_aside.csv): children are decided only against a holdout's children.")
     if result.identical_files:
         text += (f" {len(result.identical_files)} synthetic file(s) are byte-identical to REAL files "
                  "(listed apart as identical files).")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from idleak.decide import DecisionOptions, GalleryDecider
+from idleak.decide import CHILDREN_ASIDE, DecisionOptions, GalleryDecider
 from idleak.embedding import FaceSet
 from idleak.errors import IdleakError
 
@@ -100,8 +100,7 @@ def gate_faces(synthetic: FaceSet, real: FaceSet, threshold: GalleryDecider, blo
             decision.rejected.append({**row, "reason": LEAK, "detail": ""})
         elif undecided:
             decision.rejected.append({**row, "reason": UNDECIDABLE,
-                                      "detail": "looks like a young child; REAL holds too few children to "
-                                                "calibrate a child's false-match rate"})
+                                      "detail": CHILDREN_ASIDE})
         else:
             decision.accepted.append(row)
     for path, reason, detail in synthetic.excluded:

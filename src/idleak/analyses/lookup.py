@@ -45,7 +45,7 @@ class DatasetLookup:
     @property
     def decidable(self) -> bool:
         """False when the dataset's null cannot resolve alpha / P for this person's faces (too few labelled
-        faces; or the person looks like a young child and the dataset holds too few children)."""
+        faces; or every photo may show a young child, decided only against a holdout's children)."""
         return self.threshold is not None and self.threshold.resolvable and bool(np.isfinite(self.value))
 
 
@@ -105,8 +105,8 @@ def statement(results: list[DatasetLookup], alpha: float, n_person_faces: int, n
     for r in results:
         if not r.found and not r.decidable and r.n_faces:
             lines.append(f"{r.name}: cannot decide at this error rate ({r.n_faces} faces: too few labelled faces, "
-                         "or the person looks like a young child and the dataset holds too few children to "
-                         "calibrate); no match could be found, which proves nothing.")
+                         "or the photos may show a young child, whose false-match rate a dataset's own faces "
+                         "cannot calibrate); no match could be found, which proves nothing.")
         elif r.found:
             ids = sorted({str(m["dataset_identity"]) for m in r.matches if m["dataset_identity"] is not None})
             who = f" (labelled {', '.join(ids[:5])}{' ...' if len(ids) > 5 else ''})" if ids else ""
@@ -115,7 +115,7 @@ def statement(results: list[DatasetLookup], alpha: float, n_person_faces: int, n
             lines.append(f"{r.name}: no match among {r.n_faces} faces.")
         if r.n_photos_undecided and r.decidable:
             lines[-1] += (f" {r.n_photos_undecided} of the person's photos may show a young child and were not used: "
-                          "the dataset holds too few children to calibrate them.")
+                          "a child's false-match rate cannot be calibrated on the dataset's own faces.")
     if found:
         headline = f"Faces matching this person were found in {len(found)} of {len(results)} dataset(s)."
     elif undecided:

@@ -61,8 +61,9 @@ def register(app: typer.Typer) -> None:
         """Release gate: release only synthetic images that pass the audit's calibrated test.
 
         An image is rejected when one of its faces matches a real face above the threshold, and also
-        when it could not be checked (no face found, unreadable, or a young child's face when REAL
-        holds too few children to calibrate it): a gate does not release what it could not check. With --generator, samples are drawn and checked until N are accepted.
+        when it could not be checked (no face found, unreadable, or a face that may be a young child's:
+        children are decided only against a holdout's children): a gate does not release what it could
+        not check. With --generator, samples are drawn and checked until N are accepted.
         """
         from idleak.analyses.gate import GateOptions
         from idleak.jobs.gate import gate

@@ -11,6 +11,7 @@ import numpy as np
 
 from idleak import scale
 from idleak.analyses.audit import AuditOptions, AuditResult, audit_fields, run_audit
+from idleak.decide import CHILDREN_ASIDE
 from idleak.embedding import default_workers
 from idleak.errors import IdleakError
 from idleak.jobs.edge import absolute, input_warnings, read_exclusions
@@ -67,8 +68,7 @@ def audit(synthetic: str | os.PathLike[str], real: str | os.PathLike[str], out: 
                 result.decision.flagged)
     aside = result.decision.set_aside
     if aside.any():  # faces no null could decide (a young child's face against a gallery of adults)
-        write_excluded(out / "set_aside.csv", [(str(p), "set_aside_child", "apparent age under 13; REAL holds too "
-                                                "few children to calibrate a child's false-match rate")
+        write_excluded(out / "set_aside.csv", [(str(p), "set_aside_child", CHILDREN_ASIDE)
                                                for p in result.synthetic.paths[aside]])
     else:
         (out / "set_aside.csv").unlink(missing_ok=True)
