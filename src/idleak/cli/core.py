@@ -26,13 +26,15 @@ Runtime = Annotated[str | None, typer.Option("--runtime", help="dlib model: 'onn
 Device = Annotated[str | None, typer.Option("--device", help="cpu (default), cuda (an error without a GPU) or auto (GPU if usable, else CPU, and it says so): embedding inference and, for audit, exact search (torch).")]
 IdentityLevel = Annotated[int, typer.Option("--identity-level", help="Which sub-folder level names the identity: 1 (default) the first (FOLDER/PERSON/x.jpg), 2 for FOLDER/SPLIT/PERSON/x.jpg, 0 for none (all unlabelled).")]
 Strata = Annotated[str, typer.Option("--strata", help="age (default): a face that looks like a young child is compared with a null of children (REAL's children, or the holdout's); without enough of them it is set aside, not decided, because a null of adults does not hold for children. none: one null for every face (children are then flagged far beyond alpha). Needs the dlib model's age classifier; other models run without strata and say so.")]
+Tta = Annotated[str | None, typer.Option("--tta", help="dlib model, test-time augmentation: none (default), flip (the chip and its mirror, 2x the network's work) or flip68 (also the chip aligned on 68 landmarks, 4x). Slightly more accurate (LFW 98.87% -> 99.07%, 99.23%); a separate store and no shipped calibration.")]
 Detector = Annotated[str | None, typer.Option("--detector", help="Face detector: hog (default), cnn (dlib's MMOD CNN, slow on CPU) or auto (CNN where HOG finds nothing).")]
 
 
 def model_options(input_mean: float | None, input_std: float | None, bgr: bool, batch_size: int | None,
-                  runtime: str | None = None, device: str | None = None, detector: str | None = None) -> dict:
+                  runtime: str | None = None, device: str | None = None, detector: str | None = None,
+                  tta: str | None = None) -> dict:
     return {"mean": input_mean, "std": input_std, "bgr": True if bgr else None, "batch_size": batch_size,
-            "runtime": runtime, "device": device, "detector": detector}
+            "runtime": runtime, "device": device, "detector": detector, "tta": tta}
 
 
 def register(app: typer.Typer) -> None:
@@ -71,6 +73,7 @@ def register(app: typer.Typer) -> None:
         runtime: Runtime = None,
         device: Device = None,
         detector: Detector = None,
+        tta: Tta = None,
         identity_level: IdentityLevel = 1,
     ) -> None:
         """Leakage audit: find real training identities inside a synthetic face dataset.
@@ -91,7 +94,7 @@ def register(app: typer.Typer) -> None:
                            aligned_real=aligned or aligned_real, workers=workers, progress=progress,
                            holdout=holdout, aligned_holdout=aligned or aligned_holdout,
                            on_plan=lambda plan: out.print(plan.text), identity_level=identity_level,
-                           **model_options(input_mean, input_std, bgr, batch_size, runtime, device, detector))
+                           **model_options(input_mean, input_std, bgr, batch_size, runtime, device, detector, tta))
         s = result.summary
         warn_excluded(s["excluded"], out_dir / "excluded.csv")
         colour = {"leak": "red", "no_evidence_of_leak": "green"}.get(s["verdict"], "yellow")
@@ -127,6 +130,7 @@ def register(app: typer.Typer) -> None:
         runtime: Runtime = None,
         device: Device = None,
         detector: Detector = None,
+        tta: Tta = None,
         identity_level: IdentityLevel = 1,
     ) -> None:
         """Embed images once into a store; later runs reuse it and a killed run resumes."""
@@ -136,7 +140,7 @@ def register(app: typer.Typer) -> None:
             stats, target = embed(path, store, model=model, aligned=aligned, workers=workers, progress=progress,
                                   flush_every=flush_every, name=name, engine=engine, ray_address=ray_address,
                                   identity_level=identity_level,
-                                  **model_options(input_mean, input_std, bgr, batch_size, runtime, device, detector))
+                                  **model_options(input_mean, input_std, bgr, batch_size, runtime, device, detector, tta))
         reasons = dict(stats.reasons)
         if stats.n_missing:
             reasons["unreadable"] = stats.n_missing

@@ -20,6 +20,7 @@ from idleak.cli.core import (
     Model,
     Runtime,
     Strata,
+    Tta,
     Workers,
     model_options,
 )
@@ -56,6 +57,7 @@ def register(app: typer.Typer) -> None:
         runtime: Runtime = None,
         device: Device = None,
         detector: Detector = None,
+        tta: Tta = None,
         identity_level: IdentityLevel = 1,
     ) -> None:
         """Release gate: release only synthetic images that pass the audit's calibrated test.
@@ -74,7 +76,7 @@ def register(app: typer.Typer) -> None:
                           model=model, cache=cache, exclude=exclude, faces=faces, aligned_synthetic=aligned_synthetic,
                           aligned_real=aligned_real, workers=workers, progress=progress, seed=seed,
                           sample_batch=sample_batch, max_draws=max_draws, identity_level=identity_level,
-                          **model_options(input_mean, input_std, bgr, batch_size, runtime, device, detector))
+                          **model_options(input_mean, input_std, bgr, batch_size, runtime, device, detector, tta))
         s = result.summary
         warn_excluded(s["excluded"], out_dir / "excluded.csv")
         out.print(s["verdict_text"])
@@ -110,6 +112,7 @@ def register(app: typer.Typer) -> None:
         runtime: Runtime = None,
         device: Device = None,
         detector: Detector = None,
+        tta: Tta = None,
         identity_level: IdentityLevel = 1,
     ) -> None:
         """Personal lookup: is this person's face in these datasets?
@@ -126,7 +129,7 @@ def register(app: typer.Typer) -> None:
             result = lookup(person, datasets, out_dir, options=options, model=model, cache=cache,
                             aligned_person=aligned_person, aligned_datasets=aligned_datasets, workers=workers,
                             progress=progress, identity_level=identity_level,
-                            **model_options(input_mean, input_std, bgr, batch_size, runtime, device, detector))
+                            **model_options(input_mean, input_std, bgr, batch_size, runtime, device, detector, tta))
         s = result.summary
         warn_excluded(s["excluded"], out_dir / "excluded.csv")
         colour = "red" if s["found"] else "green"

@@ -11,7 +11,7 @@ from idleak.faces.base import Embedder, EmbedderSpec, Face, FaceChip, l2_normali
 __all__ = ["Embedder", "EmbedderSpec", "Face", "FaceChip", "l2_normalize", "load_embedder", "parse_model"]
 
 #: Options each model takes (others given on the command line are ignored for it).
-DLIB_OPTIONS = ("runtime", "device", "detector", "batch_size", "threads", "cache_root")
+DLIB_OPTIONS = ("runtime", "device", "detector", "batch_size", "threads", "cache_root", "tta")
 ONNX_OPTIONS = ("mean", "std", "bgr", "batch_size", "threads", "device", "detector")
 
 
@@ -38,4 +38,6 @@ def load_embedder(spec: EmbedderSpec | str = "dlib") -> Embedder:
 
     if spec.option("runtime", "onnx") != "onnx":
         raise ModelError("--runtime dlib only applies to the built-in dlib model")
+    if spec.option("tta", "none") != "none":
+        raise ModelError("--tta only applies to the built-in dlib model")
     return OnnxEmbedder(spec.model[5:], **{k: v for k, v in spec.options if k in ONNX_OPTIONS})

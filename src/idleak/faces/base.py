@@ -29,7 +29,7 @@ class EmbedderSpec:
 
     ``model`` is ``"dlib"`` or ``"onnx:PATH"``; ``options`` are backend settings: ``runtime``
     (dlib model: ``onnx`` port or ``dlib``'s own), ``device``, ``detector``, ``batch_size``,
-    ``threads`` and, for ONNX models, ``mean``, ``std``, ``bgr``.
+    ``threads``, ``tta`` (dlib model: test-time augmentation) and, for ONNX models, ``mean``, ``std``, ``bgr``.
     """
 
     model: str = "dlib"
@@ -46,7 +46,7 @@ class FaceChip:
     box: tuple[float, float, float, float]
     score: float
     landmarks: np.ndarray
-    chip: np.ndarray  # (size, size, 3) uint8
+    chip: np.ndarray  # (size, size, 3) uint8, or (views, size, size, 3) for test-time augmentation
 
 
 class Embedder(ABC):
