@@ -1,6 +1,6 @@
 """LFW 10-fold face verification through idleak's pipeline, for dlib's own runtime and the ONNX port.
 
-    python bench/lfw_verification.py --runtime onnx [--store STORE] [--lfw ../shared/data/faces/lfw] [--workers 2]
+    python bench/lfw_verification.py --runtime onnx --store STORE [--tta none|flip|flip68] [--lfw DIR] [--workers 2]
 
 The standard protocol ("unrestricted, labeled outside data" with ``pairs.txt``): 10 folds of 300
 same-person and 300 different-person pairs; for each fold the cosine threshold that is most
@@ -20,6 +20,9 @@ An LFW photo can show several people; the labelled one is at the centre of the (
 the face nearest the centre is used, as users of the protocol do; idleak's own default, the
 largest face, is reported too. Accuracy is also given with the no-face pairs counted as errors,
 and on the pairs HOG found.
+
+``--tta`` runs the pipeline with that test-time augmentation (``idleak embed --tta``): its vectors
+have their own model id, so ``--store`` must be a store of that model (or a new folder).
 """
 
 from __future__ import annotations
@@ -78,19 +81,21 @@ def main() -> None:
     parser.add_argument("--store", type=Path, required=True, help="store to read (and fill with what it lacks)")
     parser.add_argument("--lfw", type=Path, default=DEFAULT_LFW)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--tta", choices=["none", "flip", "flip68"], default="none",
+                        help="test-time augmentation of the dlib model (idleak embed --tta)")
     args = parser.parse_args()
 
     pairs = read_pairs(args.lfw)
     paths = sorted({p for _, a, b, _ in pairs for p in (a, b)})
     records = [Record(p, Path(p).parent.name) for p in paths]
-    embedder = DlibEmbedder(runtime=args.runtime)
+    embedder = DlibEmbedder(runtime=args.runtime, tta=args.tta)
     if (args.store / "store.json").is_file():
         store = EmbeddingStore.open(args.store, embedder.model_id)
     else:
         store = EmbeddingStore.create(args.store, embedder.model_id, embedder.dim)
     start = time.perf_counter()
     if any(not store.has(h, False) for h in (_hashes(records))):
-        embed_records(records, store, parse_model("dlib", runtime=args.runtime), workers=args.workers,
+        embed_records(records, store, parse_model("dlib", runtime=args.runtime, tta=args.tta), workers=args.workers,
                       embedder=embedder)
         store = EmbeddingStore.open(args.store, embedder.model_id)
     faces = load_faces(records, store, faces="all")
@@ -99,7 +104,7 @@ def main() -> None:
     missing = set(reasons)
     print(f"{len(pairs)} pairs, {len(paths)} images; HOG found a face in {len(paths) - len(missing)}, "
           f"not in {len(missing)} ({time.perf_counter() - start:.0f} s)")
-    by_cnn, by_crop = _fallbacks(sorted(missing), args.runtime)
+    by_cnn, by_crop = _fallbacks(sorted(missing), args.runtime, args.tta)
     print(f"fallbacks: CNN detector found {len(by_cnn)}, central aligned crop used for {len(by_crop)}")
 
     folds = np.array([f for f, _, _, _ in pairs])
@@ -120,7 +125,7 @@ def main() -> None:
         found = ten_fold(scores[hog_found], same[hog_found], folds[hog_found])
         for label, acc in (("every pair (fallbacks)", every), ("misses counted as errors", np.array(as_errors)),
                            ("pairs where HOG found both", found)):
-            print(f"[{args.runtime}, {choice} face] {label:28s} {100 * acc.mean():.2f}% +/- "
+            print(f"[{args.runtime}, tta {args.tta}, {choice} face] {label:28s} {100 * acc.mean():.2f}% +/- "
                   f"{100 * acc.std(ddof=1) / np.sqrt(len(acc)):.2f}")
 
 
@@ -142,10 +147,10 @@ def _hashes(records: list[Record]) -> list[str]:
     return [h for h in hash_records(records) if h]
 
 
-def _fallbacks(missing: list[str], runtime: str) -> tuple[dict, dict]:
+def _fallbacks(missing: list[str], runtime: str, tta: str) -> tuple[dict, dict]:
     """Vectors for images HOG missed: CNN detection (central and largest face), else the central
     150x150 crop as an aligned face."""
-    cnn = DlibEmbedder(runtime=runtime, detector="cnn")
+    cnn = DlibEmbedder(runtime=runtime, detector="cnn", tta=tta)
     by_cnn, by_crop = {}, {}
     for path in missing:
         image = load_rgb(path)
