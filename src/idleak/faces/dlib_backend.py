@@ -22,7 +22,6 @@ from idleak.faces.base import Embedder, FaceChip, l2_normalize
 
 #: Bump when preprocessing changes, so old stores are not mixed with new vectors.
 PIPELINE_VERSION = 2
-RUNTIMES = ("onnx", "dlib")
 CHIP_SIZE, CHIP_PADDING = 150, 0.25
 RESNET_FILE = "dlib_face_recognition_resnet_model_v1.dat"
 
@@ -36,15 +35,14 @@ class DlibEmbedder(Embedder):
 
     def __init__(self, runtime: str = "onnx", device: str = "cpu", detector: str = "hog", batch_size: int = 64,
                  threads: int = 0, cache_root: str | None = None) -> None:
-        if runtime not in RUNTIMES:
-            raise ModelError(f"--runtime must be 'onnx' or 'dlib', not {runtime!r}")
+        det.check_runtime(runtime)
         if runtime == "dlib" and device == "cuda":
             raise ModelError("--device cuda needs --runtime onnx (dlib's own runtime here is CPU-only)")
         self.detector = det.check_detector(detector)
         self.runtime = runtime
         self.batch_size = max(1, int(batch_size))
         self.model_id = DlibEmbedder.model_id.replace("/hog/", f"/{self.detector}/")
-        det.warm_up(self.detector)  # detectors built once here (about 1 s), not on the first image
+        det.warm_up(self.detector, runtime, cache_root)  # built once here (about 1 s), not on the first image
         self._predictor = det.shape_predictor(5)
         if runtime == "dlib":
             self._net = dlib.face_recognition_model_v1(det.model_file(RESNET_FILE))
@@ -61,7 +59,7 @@ class DlibEmbedder(Embedder):
             self.batched = True
 
     def prepare(self, image: np.ndarray, aligned: bool = False) -> list[FaceChip]:
-        found = [(det.full_frame(image), float("nan"))] if aligned else det.detect(image, self.detector)
+        found = [(det.full_frame(image), float("nan"))] if aligned else det.detect(image, self.detector, self.runtime)
         faces = []
         for rect, score in found:
             shape = self._predictor(image, rect)

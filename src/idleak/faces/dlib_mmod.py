@@ -23,6 +23,7 @@ scores are the network's raw output, as dlib's ``mmod_rectangle.confidence``.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -294,16 +295,29 @@ class MmodDetector:
 
     def __init__(self, dat: str | Path, cache_root: Path, device: str = "cpu", threads: int = 0) -> None:
         from idleak.faces.dlib_onnx import MMOD_INPUT, cached_onnx
-        from idleak.faces.runtime import make_session
 
         self.net = read_mmod(dat)
         first = self.net.layers[0].params
         self.mean_rgb = first["mean_rgb"]
         self.padding, self.outer_padding = first["pyramid_padding"], first["pyramid_outer_padding"]
-        path = cached_onnx(dat, cache_root, read=read_mmod)
-        self.session, self.note = make_session(path, device=device, threads=threads,
-                                               label=f"{Path(dat).name} (ONNX port)")
+        self.path = cached_onnx(dat, cache_root, read=read_mmod)
+        self.label = f"{Path(dat).name} (ONNX port)"
+        self.device, self.threads = device, threads
         self.input_name = MMOD_INPUT
+        self._owner = os.getpid()
+        self._session = None
+        self._session_pid: int | None = None
+
+    def session(self):
+        """The onnxruntime session of this process: made on first use, so forked workers never run
+        their parent's (its thread pool does not survive a fork); one thread in those workers."""
+        if self._session_pid != os.getpid():
+            from idleak.faces.runtime import make_session
+
+            threads = self.threads or (1 if os.getpid() != self._owner else 0)
+            self._session, _ = make_session(self.path, device=self.device, threads=threads, label=self.label)
+            self._session_pid = os.getpid()
+        return self._session
 
     def __call__(self, image: np.ndarray, upsample: int = 0) -> list[tuple[Rect, float]]:
         image = np.asarray(image)
@@ -317,7 +331,7 @@ class MmodDetector:
         canvas, rects = tiled_pyramid(image, self.mean_rgb, self.padding, self.outer_padding)
         if not rects or min(canvas.shape[1:]) < self._smallest_input():
             return []
-        scores = self.session.run(None, {self.input_name: canvas[None]})[0][0]
+        scores = self.session().run(None, {self.input_name: canvas[None]})[0][0]
         return [(rect_down2(box, upsample), score) for box, score in detections(scores, rects, self.net)]
 
     def _smallest_input(self) -> int:
