@@ -8,6 +8,7 @@ import dlib
 import numpy as np
 import pytest
 
+from conftest import damaged_copies
 from idleak.errors import ModelError
 from idleak.faces import detect as det
 from idleak.faces.dlib_backend import RESNET_FILE, DlibEmbedder
@@ -109,13 +110,7 @@ def test_runtime_flag_chooses_the_detector(faces_root: Path, tmp_path: Path) -> 
 
 def test_bad_detector_files_are_one_line_errors(tmp_path: Path, port: MmodDetector) -> None:
     data = MMOD.read_bytes()
-    cases = {
-        "truncated.dat": data[: len(data) // 3],
-        "empty.dat": b"",
-        "trailing.dat": data + b"\x01",
-        "flipped.dat": data[:40] + bytes([data[40] ^ 0xFF]) + data[41:],
-    }
-    for name, content in cases.items():
+    for name, content in damaged_copies(data, 40).items():  # 40: inside the loss layer's options
         path = tmp_path / name
         path.write_bytes(content)
         for load in (read_mmod, lambda p: MmodDetector(p, tmp_path)):
