@@ -167,10 +167,13 @@ def resize_bilinear(src: np.ndarray, out_rows: int, out_cols: int) -> np.ndarray
         inv_lr32 = (np.float32(1) - lr32)[None, :]
         lr32b = lr32[None, :]
         tlf, trf, blf, brf = inv_tb32 * inv_lr32, inv_tb32 * lr32b, tb32 * inv_lr32, tb32 * lr32b
-        top_rows, bottom_rows = data[:, top], data[:, bottom]
-        value = tlf * top_rows[:, :, left_s] + trf * top_rows[:, :, right_s]
-        value = value + blf * bottom_rows[:, :, left_s]
-        out[:, :, :n_simd] = value + brf * bottom_rows[:, :, right_s]
+        # gather columns once on the input rows, then rows (contiguous copies); same arithmetic order
+        left_cols, right_cols = data[:, :, left_s], data[:, :, right_s]
+        value = tlf * left_cols[:, top]
+        value += trf * right_cols[:, top]
+        value += blf * left_cols[:, bottom]
+        value += brf * right_cols[:, bottom]
+        out[:, :, :n_simd] = value
     if n_simd < out_cols:
         count = out_cols - n_simd
         steps = np.full(count + 1, x_scale)
