@@ -23,6 +23,7 @@ scores are the network's raw output, as dlib's ``mmod_rectangle.confidence``.
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
 from pathlib import Path
 
@@ -307,17 +308,17 @@ class MmodDetector:
         self.label = f"{Path(dat).name} (ONNX port)"
         self.device, self.threads = device, threads
         self.input_name = MMOD_INPUT
-        self._owner = os.getpid()
         self._session = None
         self._session_pid: int | None = None
 
     def session(self):
         """The onnxruntime session of this process: made on first use, so forked workers never run
-        their parent's (its thread pool does not survive a fork); one thread in those workers."""
+        their parent's (its thread pool does not survive a fork); one thread in worker processes, which
+        run one per core."""
         if self._session_pid != os.getpid():
             from idleak.faces.runtime import make_session
 
-            threads = self.threads or (1 if os.getpid() != self._owner else 0)
+            threads = self.threads or (1 if multiprocessing.parent_process() is not None else 0)
             self._session, _ = make_session(self.path, device=self.device, threads=threads, label=self.label)
             self._session_pid = os.getpid()
         return self._session
