@@ -92,6 +92,10 @@ def test_port_finds_dlibs_boxes_on_real_photos(port: MmodDetector, faces_root: P
         image = load_rgb(path)
         for upsample in (0, 1):
             _assert_same(port(image, upsample), [(d.rect, d.confidence) for d in own(image, upsample)])
+    batch = [load_rgb(path) for path in photos[:2]] + [two_faces[:112, :92], np.zeros((8, 8), np.uint8)]
+    batched, single = port.detect_many(batch, 1, batch_size=2), [port(image, 1) for image in batch]  # 92x112: one call
+    assert [[box for box, _ in found] for found in batched] == [[box for box, _ in found] for found in single]
+    assert np.allclose([s for found in batched for _, s in found], [s for found in single for _, s in found], atol=1e-5)
     assert port(np.full((120, 120, 3), 128, np.uint8), 1) == []
     assert port(np.zeros((8, 8), np.uint8), 0) == []  # a gray image, too small for the network
 

@@ -295,7 +295,8 @@ def rect_down2(rect: Rect, times: int) -> Rect:
 
 
 class MmodDetector:
-    """The ported detector: ``detector(rgb_uint8, upsample)`` -> ``[(box, score), ...]`` best first."""
+    """The ported detector: ``detector(rgb_uint8, upsample)`` -> ``[(box, score), ...]`` best first;
+    ``detect_many`` for a list of images."""
 
     def __init__(self, dat: str | Path, cache_root: Path, device: str = "cpu", threads: int = 0) -> None:
         from idleak.faces.dlib_onnx import MMOD_INPUT, cached_onnx
@@ -324,6 +325,29 @@ class MmodDetector:
         return self._session
 
     def __call__(self, image: np.ndarray, upsample: int = 0) -> list[tuple[Rect, float]]:
+        return self.detect_many([image], upsample)[0]
+
+    def detect_many(self, images: list[np.ndarray], upsample: int = 0, batch_size: int = 16
+                    ) -> list[list[tuple[Rect, float]]]:
+        """Detections per image; images of the same size share inference calls (``batch_size`` canvases
+        each), as dlib's ``detect_mult`` batches a list of same-sized images."""
+        prepared = [self._prepare(image, upsample) for image in images]
+        results: list[list[tuple[Rect, float]]] = [[] for _ in images]
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, (canvas, rects) in enumerate(prepared):
+            if rects and min(canvas.shape[1:]) >= self._smallest_input():
+                groups.setdefault(canvas.shape, []).append(i)
+        for members in groups.values():
+            for start in range(0, len(members), batch_size):
+                chunk = members[start:start + batch_size]
+                batch = np.stack([prepared[i][0] for i in chunk])
+                scores = self.session().run(None, {self.input_name: batch})[0]
+                for i, maps in zip(chunk, scores):
+                    found = detections(maps, prepared[i][1], self.net)
+                    results[i] = [(rect_down2(box, upsample), score) for box, score in found]
+        return results
+
+    def _prepare(self, image: np.ndarray, upsample: int) -> tuple[np.ndarray, list[Rect]]:
         image = np.asarray(image)
         if image.ndim == 2:
             image = np.repeat(image[:, :, None], 3, axis=2)
@@ -332,11 +356,7 @@ class MmodDetector:
                              f"{image.shape}")
         for _ in range(upsample):
             image = upsample_rgb(image)
-        canvas, rects = tiled_pyramid(image, self.mean_rgb, self.padding, self.outer_padding)
-        if not rects or min(canvas.shape[1:]) < self._smallest_input():
-            return []
-        scores = self.session().run(None, {self.input_name: canvas[None]})[0][0]
-        return [(rect_down2(box, upsample), score) for box, score in detections(scores, rects, self.net)]
+        return tiled_pyramid(image, self.mean_rgb, self.padding, self.outer_padding)
 
     def _smallest_input(self) -> int:
         """The least canvas side that still gives a score map (three 5x5 stride-2 convolutions: 29)."""
