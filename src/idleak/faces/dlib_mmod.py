@@ -162,7 +162,8 @@ def resize_bilinear(src: np.ndarray, out_rows: int, out_cols: int) -> np.ndarray
     lr32 = (xs32 - left_s.astype(np.float32)).astype(np.float32)
 
     data = src.astype(np.float32) if integer else src
-    out = np.empty((channels, out_rows, out_cols), np.float32)
+    # uint8 results are truncated from the float32 (four-wide) or double (tail) value itself
+    out = np.empty((channels, out_rows, out_cols), np.float64 if integer else np.float32)
     if n_simd:
         tb32, inv_tb32 = tb.astype(np.float32)[:, None], (1 - tb).astype(np.float32)[:, None]
         inv_lr32 = (np.float32(1) - lr32)[None, :]
