@@ -124,6 +124,12 @@ def main() -> None:
         print(f"{name}: done ({n} photos)", flush=True)
 
     print()
+    if args.no_dlib:
+        print("| folder | photos | hog | cnn (port) | auto |\n|---|---|---|---|---|")
+        for name, n, *_, found in rows:
+            print(f"| {name} | {n} | " + " | ".join(f"{found[k]} ({100 * found[k] / n:.1f}%)"
+                                                 for k in ("hog", "port", "auto")) + " |")
+        return
     print("| folder | photos | same count | boxes | worst IoU | median IoU | max conf diff | port s/photo | "
           "dlib s/photo | dlib/port | recall hog | cnn port | cnn dlib | auto |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
