@@ -69,12 +69,14 @@ def cnn_port(cache_root: str | Path | None = None):
     if not _PORT:
         from idleak.faces.dlib_mmod import MmodDetector
 
-        root = Path(cache_root) if cache_root else _default_cache_root()
-        _PORT.append(MmodDetector(model_file(MMOD_FILE), root))
+        _PORT.append(MmodDetector(model_file(MMOD_FILE), cache_root_or_default(cache_root)))
     return _PORT[0]
 
 
-def _default_cache_root() -> Path:
+def cache_root_or_default(cache_root: str | Path | None) -> Path:
+    """Where ported models are cached: ``cache_root``, else the user's cache root."""
+    if cache_root:
+        return Path(cache_root)
     from idleak.jobs.workspace import default_cache_root  # lazy: jobs import this package
 
     return default_cache_root()

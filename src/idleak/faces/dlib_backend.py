@@ -52,7 +52,7 @@ class DlibEmbedder(Embedder):
             from idleak.faces.dlib_onnx import cached_onnx
             from idleak.faces.runtime import ChipSession
 
-            path = cached_onnx(det.model_file(RESNET_FILE), _cache_root(cache_root))
+            path = cached_onnx(det.model_file(RESNET_FILE), det.cache_root_or_default(cache_root))
             self._session = ChipSession(path, device=device, threads=threads, batch_size=batch_size,
                                         label=f"{RESNET_FILE} (ONNX port)")
             self.device_note = self._session.note
@@ -83,13 +83,3 @@ class DlibEmbedder(Embedder):
             rect = det.box_from_five_points(det.points_of(shape), width, height)
             shape = self._predictor(image, rect)
         return shape
-
-
-def _cache_root(cache_root: str | None):
-    from pathlib import Path
-
-    if cache_root:
-        return Path(cache_root)
-    from idleak.jobs.workspace import default_cache_root  # lazy: jobs import this package
-
-    return default_cache_root()
