@@ -1,9 +1,11 @@
 """Read dlib's serialised networks (``.dat``) in pure Python/numpy, as an explicit list of layers.
 
 Written from the format's definition (dlib's ``serialize.h`` and the ``serialize`` functions of
-``dlib/dnn``): nothing here calls dlib. The reader knows the one architecture idleak uses,
-``dlib_face_recognition_resnet_model_v1`` (see ``RESNET_V1``), and refuses any other file with a
-one-line ``ModelError``.
+``dlib/dnn``): nothing here calls dlib. The reader knows the two architectures idleak uses,
+``dlib_face_recognition_resnet_model_v1`` (``RESNET_V1``, ``read_resnet``) and the MMOD face
+detector ``mmod_human_face_detector`` (``MMOD_V1``, ``read_mmod``: ``loss_mmod_`` options and an
+``input_rgb_image_pyramid`` input), and each reader refuses any other file with a one-line
+``ModelError``.
 
 The encoding, in brief:
 
@@ -23,7 +25,7 @@ input layer, then every layer's details in forward order. Tag and skip layers le
 which is why the wiring comes from the known architecture and is checked against every layer's
 own record (type, filters, kernel, stride, padding).
 
-``read_resnet(path)`` returns a ``DlibNet``: ``layers`` in forward order, each naming its
+``read_resnet(path)`` and ``read_mmod(path)`` return a ``DlibNet``: ``layers`` in forward order, each naming its
 ``inputs`` (earlier layer names), which is all that is needed to rebuild the network in torch or
 ONNX. Semantics of each kind (tensors are NCHW float32):
 
