@@ -43,6 +43,16 @@ def lfw_people(faces_root: Path, n: int, offset: int = 0) -> list[Path]:
     return people[offset::11][:n]
 
 
+def damaged_copies(data: bytes, flip_at: int) -> dict[str, bytes]:
+    """A model file's bytes truncated, emptied, with a trailing byte, and with one byte flipped."""
+    return {
+        "truncated.dat": data[: len(data) // 2],
+        "empty.dat": b"",
+        "trailing.dat": data + b"\x00",
+        "flipped.dat": data[:flip_at] + bytes([data[flip_at] ^ 0xFF]) + data[flip_at + 1:],
+    }
+
+
 def orl_photos(faces_root: Path, subject: int) -> list[Path]:
     """The 10 photos of ORL subject ``subject`` (1..40) in numeric order."""
     return sorted((faces_root / "orl" / f"s{subject}").glob("*.pgm"), key=lambda p: int(p.stem))

@@ -11,6 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
+from conftest import damaged_copies
 from idleak.cli import app
 from idleak.embedding import embed_records
 from idleak.errors import ModelError
@@ -63,13 +64,7 @@ def _copy_with(tmp_path: Path, name: str, data: bytes) -> Path:
 
 def test_bad_dat_files_are_one_line_model_errors(tmp_path: Path) -> None:
     data = RESNET.read_bytes()
-    cases = {
-        "truncated.dat": data[: len(data) // 2],
-        "empty.dat": b"",
-        "trailing.dat": data + b"\x00",
-        "flipped.dat": data[:300] + bytes([data[300] ^ 0xFF]) + data[301:],
-    }
-    for name, content in cases.items():
+    for name, content in damaged_copies(data, 300).items():
         path = _copy_with(tmp_path, name, content)
         with pytest.raises(ModelError) as err:
             read_resnet(path)

@@ -22,7 +22,7 @@ InputMean = Annotated[float | None, typer.Option("--input-mean", help="ONNX: sub
 InputStd = Annotated[float | None, typer.Option("--input-std", help="ONNX: pixels are divided by this [127.5].")]
 Bgr = Annotated[bool, typer.Option("--bgr", help="ONNX: the model takes BGR channel order.")]
 BatchSize = Annotated[int | None, typer.Option("--batch-size", help="Faces per inference batch [dlib port 64, ONNX 32].")]
-Runtime = Annotated[str | None, typer.Option("--runtime", help="dlib model: 'onnx' (default, the batched ONNX port) or 'dlib' (dlib's own, one face at a time).")]
+Runtime = Annotated[str | None, typer.Option("--runtime", help="dlib model and CNN detector: 'onnx' (default, the batched ONNX ports) or 'dlib' (dlib's own, one face at a time).")]
 Device = Annotated[str | None, typer.Option("--device", help="cpu (default), cuda (an error without a GPU) or auto (GPU if usable, else CPU, and it says so): embedding inference and, for audit, exact search (torch).")]
 IdentityLevel = Annotated[int, typer.Option("--identity-level", help="Which sub-folder level names the identity: 1 (default) the first (FOLDER/PERSON/x.jpg), 2 for FOLDER/SPLIT/PERSON/x.jpg, 0 for none (all unlabelled).")]
 Strata = Annotated[str, typer.Option("--strata", help="age (default): a face that looks like a young child is compared with a null of children (REAL's children, or the holdout's); without enough of them it is set aside, not decided, because a null of adults does not hold for children. none: one null for every face (children are then flagged far beyond alpha). Needs the dlib model's age classifier; other models run without strata and say so.")]

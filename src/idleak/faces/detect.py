@@ -50,18 +50,53 @@ def hog_detector() -> dlib.fhog_object_detector:
     return dlib.get_frontal_face_detector()
 
 
+MMOD_FILE = "mmod_human_face_detector.dat"
+RUNTIMES = ("onnx", "dlib")
+
+
 @lru_cache(maxsize=1)
-def cnn_detector() -> dlib.cnn_face_detection_model_v1:
+def dlib_cnn_detector() -> dlib.cnn_face_detection_model_v1:
     """dlib's own MMOD CNN face detector (``mmod_human_face_detector.dat``), run by dlib on the CPU."""
-    return dlib.cnn_face_detection_model_v1(model_file("mmod_human_face_detector.dat"))
+    return dlib.cnn_face_detection_model_v1(model_file(MMOD_FILE))
 
 
-def warm_up(detector: str) -> None:
+_PORT: list = []
+
+
+def cnn_port(cache_root: str | Path | None = None):
+    """The ported MMOD detector (``dlib_mmod.MmodDetector``), one per process: its ONNX graph is
+    built once and cached under ``cache_root/models`` (default: the user cache)."""
+    if not _PORT:
+        from idleak.faces.dlib_mmod import MmodDetector
+
+        _PORT.append(MmodDetector(model_file(MMOD_FILE), cache_root_or_default(cache_root)))
+    return _PORT[0]
+
+
+def cache_root_or_default(cache_root: str | Path | None) -> Path:
+    """Where ported models are cached: ``cache_root``, else the user's cache root."""
+    if cache_root:
+        return Path(cache_root)
+    from idleak.jobs.workspace import default_cache_root  # lazy: jobs import this package
+
+    return default_cache_root()
+
+
+def check_runtime(runtime: str) -> str:
+    if runtime not in RUNTIMES:
+        raise ModelError(f"--runtime must be 'onnx' or 'dlib', not {runtime!r}")
+    return runtime
+
+
+def warm_up(detector: str, runtime: str = "onnx", cache_root: str | Path | None = None) -> None:
     """Build the detectors ``detector`` needs, so workers forked later inherit them."""
     if detector in ("hog", "auto"):
         hog_detector()
     if detector in ("cnn", "auto"):
-        cnn_detector()
+        if check_runtime(runtime) == "dlib":
+            dlib_cnn_detector()
+        else:
+            cnn_port(cache_root)
 
 
 @lru_cache(maxsize=2)
@@ -80,14 +115,15 @@ def upsample_for(height: int, width: int) -> int:
     return times
 
 
-def detect(image: np.ndarray, detector: str = "hog") -> list[tuple[dlib.rectangle, float]]:
+def detect(image: np.ndarray, detector: str = "hog", runtime: str = "onnx") -> list[tuple[dlib.rectangle, float]]:
     """Face rectangles in image coordinates with detector scores, best first.
 
-    ``hog``: dlib's HOG detector; ``cnn``: dlib's MMOD CNN; ``auto``: HOG, then the CNN only
-    where HOG finds nothing (side-lit, turned or small faces).
+    ``hog``: dlib's HOG detector; ``cnn``: the MMOD CNN, ported (``runtime="onnx"``, the default:
+    ``dlib_mmod``, same boxes as dlib's) or dlib's own (``runtime="dlib"``); ``auto``: HOG, then
+    the CNN only where HOG finds nothing (side-lit, turned or small faces).
     """
     if detector == "auto":
-        return detect(image, "hog") or detect(image, "cnn")
+        return detect(image, "hog") or detect(image, "cnn", runtime)
     height, width = image.shape[:2]
     scale = 1.0
     work = image
@@ -98,8 +134,10 @@ def detect(image: np.ndarray, detector: str = "hog") -> list[tuple[dlib.rectangl
         small = Image.fromarray(image).resize((max(1, round(width * scale)), max(1, round(height * scale))))
         work = np.asarray(small)
     upsample = upsample_for(*work.shape[:2])
-    if detector == "cnn":
-        found_raw = [(d.rect, float(d.confidence)) for d in cnn_detector()(work, upsample)]
+    if detector == "cnn" and check_runtime(runtime) == "dlib":
+        found_raw = [(d.rect, float(d.confidence)) for d in dlib_cnn_detector()(work, upsample)]
+    elif detector == "cnn":
+        found_raw = [(dlib.rectangle(*box), score) for box, score in cnn_port()(work, upsample)]
     else:
         rects, scores, _ = hog_detector().run(work, upsample, 0.0)
         found_raw = [(rect, float(score)) for rect, score in zip(rects, scores)]

@@ -29,7 +29,6 @@ from idleak.faces.base import Embedder, FaceChip, l2_normalize
 
 #: Bump when preprocessing changes, so old stores are not mixed with new vectors.
 PIPELINE_VERSION = 2
-RUNTIMES = ("onnx", "dlib")
 TTAS = ("none", "flip", "flip68")
 CHIP_SIZE, CHIP_PADDING = 150, 0.25
 RESNET_FILE = "dlib_face_recognition_resnet_model_v1.dat"
@@ -44,8 +43,7 @@ class DlibEmbedder(Embedder):
 
     def __init__(self, runtime: str = "onnx", device: str = "cpu", detector: str = "hog", batch_size: int = 64,
                  threads: int = 0, cache_root: str | None = None, tta: str = "none") -> None:
-        if runtime not in RUNTIMES:
-            raise ModelError(f"--runtime must be 'onnx' or 'dlib', not {runtime!r}")
+        det.check_runtime(runtime)
         if tta not in TTAS:
             raise ModelError(f"--tta must be one of {', '.join(TTAS)}, not {tta!r}")
         if runtime == "dlib" and device == "cuda":
@@ -57,7 +55,7 @@ class DlibEmbedder(Embedder):
         self.model_id = DlibEmbedder.model_id.replace("/hog/", f"/{self.detector}/")
         if tta != "none":
             self.model_id = self.model_id.replace(f"/v{PIPELINE_VERSION}", f"/tta-{tta}/v{PIPELINE_VERSION}")
-        det.warm_up(self.detector)  # detectors built once here (about 1 s), not on the first image
+        det.warm_up(self.detector, runtime, cache_root)  # built once here (about 1 s), not on the first image
         self._predictor = det.shape_predictor(5)
         self._predictor68 = det.shape_predictor(68) if tta == "flip68" else None
         if runtime == "dlib":
@@ -68,14 +66,14 @@ class DlibEmbedder(Embedder):
             from idleak.faces.dlib_onnx import cached_onnx
             from idleak.faces.runtime import ChipSession
 
-            path = cached_onnx(det.model_file(RESNET_FILE), _cache_root(cache_root))
+            path = cached_onnx(det.model_file(RESNET_FILE), det.cache_root_or_default(cache_root))
             self._session = ChipSession(path, device=device, threads=threads, batch_size=batch_size,
                                         label=f"{RESNET_FILE} (ONNX port)")
             self.device_note = self._session.note
             self.batched = True
 
     def prepare(self, image: np.ndarray, aligned: bool = False) -> list[FaceChip]:
-        found = [(det.full_frame(image), float("nan"))] if aligned else det.detect(image, self.detector)
+        found = [(det.full_frame(image), float("nan"))] if aligned else det.detect(image, self.detector, self.runtime)
         faces = []
         for rect, score in found:
             shape = self._predictor(image, rect)
@@ -115,13 +113,3 @@ class DlibEmbedder(Embedder):
             rect = det.box_from_five_points(det.points_of(shape), width, height)
             shape = self._predictor(image, rect)
         return shape
-
-
-def _cache_root(cache_root: str | None):
-    from pathlib import Path
-
-    if cache_root:
-        return Path(cache_root)
-    from idleak.jobs.workspace import default_cache_root  # lazy: jobs import this package
-
-    return default_cache_root()

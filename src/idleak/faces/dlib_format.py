@@ -1,9 +1,11 @@
 """Read dlib's serialised networks (``.dat``) in pure Python/numpy, as an explicit list of layers.
 
 Written from the format's definition (dlib's ``serialize.h`` and the ``serialize`` functions of
-``dlib/dnn``): nothing here calls dlib. The reader knows the one architecture idleak uses,
-``dlib_face_recognition_resnet_model_v1`` (see ``RESNET_V1``), and refuses any other file with a
-one-line ``ModelError``.
+``dlib/dnn``): nothing here calls dlib. The reader knows the two architectures idleak uses,
+``dlib_face_recognition_resnet_model_v1`` (``RESNET_V1``, ``read_resnet``) and the MMOD face
+detector ``mmod_human_face_detector`` (``MMOD_V1``, ``read_mmod``: ``loss_mmod_`` options and an
+``input_rgb_image_pyramid`` input), and each reader refuses any other file with a one-line
+``ModelError``.
 
 The encoding, in brief:
 
@@ -23,7 +25,7 @@ input layer, then every layer's details in forward order. Tag and skip layers le
 which is why the wiring comes from the known architecture and is checked against every layer's
 own record (type, filters, kernel, stride, padding).
 
-``read_resnet(path)`` returns a ``DlibNet``: ``layers`` in forward order, each naming its
+``read_resnet(path)`` and ``read_mmod(path)`` return a ``DlibNet``: ``layers`` in forward order, each naming its
 ``inputs`` (earlier layer names), which is all that is needed to rebuild the network in torch or
 ONNX. Semantics of each kind (tensors are NCHW float32):
 
@@ -51,7 +53,7 @@ import numpy as np
 
 from idleak.errors import ModelError
 
-__all__ = ["DlibNet", "Layer", "RESNET_V1", "read_resnet"]
+__all__ = ["DlibNet", "Layer", "MMOD_V1", "RESNET_V1", "read_mmod", "read_resnet"]
 
 
 @dataclass(frozen=True)
@@ -274,6 +276,20 @@ RESNET_V1 = _resnet_v1_tokens()
 RESNET_V1_NAME = "dlib_face_recognition_resnet_model_v1"
 
 
+def _mmod_v1_tokens() -> list[tuple]:
+    tokens: list[tuple] = [("conv", 1, 9, 1)]
+    for filters, size, stride in ((45, 5, 1),) * 3 + ((32, 5, 2), (32, 5, 2), (16, 5, 2)):
+        tokens += [("relu",), ("affine",), ("conv", filters, size, stride)]
+    return tokens
+
+
+#: ``mmod_human_face_detector`` (dlib's dnn_mmod_face_detection_ex): loss_mmod<con<1,9,9,1,1,
+#: 3 x relu<affine<con<45,5,5,1,1>>> < 3 x relu<affine<con<32|32|16,5,5,2,2>>> <
+#: input_rgb_image_pyramid<pyramid_down<6>>>>>>, outermost token first.
+MMOD_V1 = _mmod_v1_tokens()
+MMOD_V1_NAME = "mmod_human_face_detector"
+
+
 def _check(kind: str, params: dict, token: tuple) -> None:
     """Compare one layer's own record with what the architecture expects there."""
     if token[0] == "conv":
@@ -298,28 +314,51 @@ def read_resnet(path: str | Path) -> DlibNet:
     Raises a one-line ``ModelError`` naming the file for a missing, truncated or corrupt file, and
     for a dlib network of another architecture.
     """
+    return _read_file(path, RESNET_V1_NAME, _parse_resnet)
+
+
+def read_mmod(path: str | Path) -> DlibNet:
+    """Read ``mmod_human_face_detector.dat`` (or a file of the same architecture, see ``MMOD_V1``).
+
+    The input layer's params hold ``mean_rgb``, ``pyramid_padding`` and ``pyramid_outer_padding``
+    (``input_rgb_image_pyramid<pyramid_down<6>>``); ``loss`` holds the ``loss_mmod_`` options:
+    ``windows`` ((width, height) per output channel), ``nms`` and ``ignore`` (each
+    ``(iou_thresh, percent_covered_thresh)``) and the training losses. Errors as ``read_resnet``.
+    """
+    return _read_file(path, MMOD_V1_NAME, _parse_mmod)
+
+
+def _read_file(path: str | Path, name: str, parse) -> DlibNet:
     path = Path(path)
     try:
         with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            return _parse_resnet(_Reader(data))
+            return parse(_Reader(data))
     except _Corrupt as exc:
-        raise ModelError(f"{path}: not a readable {RESNET_V1_NAME} file ({exc})") from None
+        raise ModelError(f"{path}: not a readable {name} file ({exc})") from None
     except (OSError, ValueError) as exc:
         raise ModelError(f"{path}: cannot read dlib model ({exc.strerror or exc if isinstance(exc, OSError) else exc})"
                          ) from None
 
 
-def _parse_resnet(r: _Reader) -> DlibNet:
+def _loss_type(r: _Reader, expected: str) -> None:
     r.version((1,), "loss layer")
     loss_type = r.string()
-    if loss_type != "loss_metric_2":
-        raise _Corrupt(f"loss layer is {loss_type!r}, expected 'loss_metric_2' (another network?)")
-    loss = {"type": "metric", "margin": r.real(), "distance_threshold": r.real()}
-    # Versions of the nested layers, outermost first: add_layer 1-2, tag/skip 1.
-    # The innermost add_layer (the first conv) holds the input layer and has versions 2-3.
-    for token in RESNET_V1[:-1]:
+    if loss_type != expected:
+        raise _Corrupt(f"loss layer is {loss_type!r}, expected {expected!r} (another network?)")
+
+
+def _nested_versions(r: _Reader, tokens: list[tuple]) -> int:
+    """Versions of the nested layers, outermost first: add_layer 1-2, tag/skip 1. The innermost
+    add_layer (the first layer) holds the input layer and has versions 2-3; that one is returned."""
+    for token in tokens[:-1]:
         r.version((1,) if token[0] in ("tag", "skip") else (1, 2), f"layer {token[0]}")
-    input_version = r.version((2, 3), "input add_layer")
+    return r.version((2, 3), "input add_layer")
+
+
+def _parse_resnet(r: _Reader) -> DlibNet:
+    _loss_type(r, "loss_metric_2")
+    loss = {"type": "metric", "margin": r.real(), "distance_threshold": r.real()}
+    input_version = _nested_versions(r, RESNET_V1)
     input_type = r.string()
     if input_type != "input_rgb_image_sized":
         raise _Corrupt(f"input layer is {input_type!r}, expected 'input_rgb_image_sized'")
@@ -327,13 +366,45 @@ def _parse_resnet(r: _Reader) -> DlibNet:
     rows, cols = r.integer(), r.integer()
     if rows != cols or rows <= 0:
         raise _Corrupt(f"input is {rows}x{cols}")
+    first = Layer("input", "input", (), {"size": rows, "mean_rgb": np.array(mean_rgb, np.float32)})
+    layers = _read_layers(r, RESNET_V1, input_version, first)
+    return DlibNet(RESNET_V1_NAME, rows, tuple(float(v) for v in mean_rgb), tuple(layers), layers[-1].name, loss)
 
-    layers: list[Layer] = [Layer("input", "input", (), {"size": rows, "mean_rgb": np.array(mean_rgb, np.float32)})]
-    current = "input"
+
+def _parse_mmod(r: _Reader) -> DlibNet:
+    _loss_type(r, "loss_mmod_")
+    options_version = r.version((1,), "mmod_options")
+    width, height = r.integer(), r.integer()
+    if not (0 < width <= 10_000 and 0 < height <= 10_000):
+        raise _Corrupt(f"implausible detector window {width}x{height}")
+    loss = {
+        "type": "mmod", "options_version": options_version, "windows": ((width, height),),
+        "loss_per_false_alarm": r.real(), "loss_per_missed_target": r.real(),
+        "truth_match_iou_threshold": r.real(),
+        "nms": (r.real(), r.real()), "ignore": (r.real(), r.real()),
+    }
+    input_version = _nested_versions(r, MMOD_V1)
+    input_type = r.string()
+    if input_type not in ("input_rgb_image_pyramid", "input_rgb_image_pyramid2"):
+        raise _Corrupt(f"input layer is {input_type!r}, expected 'input_rgb_image_pyramid'")
+    mean_rgb = (r.real(), r.real(), r.real())
+    padding, outer = (r.integer(), r.integer()) if input_type.endswith("2") else (10, 11)
+    first = Layer("input", "input", (), {"size": 0, "mean_rgb": np.array(mean_rgb, np.float32),
+                                          "pyramid_padding": padding, "pyramid_outer_padding": outer})
+    layers = _read_layers(r, MMOD_V1, input_version, first)
+    if layers[-1].params["weight"].shape[0] != len(loss["windows"]):
+        raise _Corrupt("the last conv must give one score map per detector window")
+    return DlibNet(MMOD_V1_NAME, 0, tuple(float(v) for v in mean_rgb), tuple(layers), layers[-1].name, loss)
+
+
+def _read_layers(r: _Reader, tokens: list[tuple], input_version: int, first_layer: Layer) -> list[Layer]:
+    """Every layer's details in forward order (innermost token first), wired by the architecture."""
+    layers: list[Layer] = [first_layer]
+    current = first_layer.name
     tags: dict[int, str] = {}
     counts: dict[str, int] = {}
     first = True
-    for token in reversed(RESNET_V1):  # forward order: innermost layer first
+    for token in reversed(tokens):  # forward order: innermost layer first
         if token[0] == "tag":
             tags[token[1]] = current
             continue
@@ -365,7 +436,7 @@ def _parse_resnet(r: _Reader) -> DlibNet:
     if r.pos != len(r.data):
         raise _Corrupt(f"{len(r.data) - r.pos} unexpected bytes after the network")
     _check_shapes(layers)
-    return DlibNet(RESNET_V1_NAME, rows, tuple(float(v) for v in mean_rgb), tuple(layers), current, loss)
+    return layers
 
 
 def _check_shapes(layers: list[Layer]) -> None:

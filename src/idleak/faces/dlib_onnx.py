@@ -1,4 +1,7 @@
-"""dlib's face ResNet as an ONNX graph, built with ``onnx.helper`` from ``dlib_format``'s layer list.
+"""dlib's networks as ONNX graphs, built with ``onnx.helper`` from ``dlib_format``'s layer lists.
+
+The MMOD face detector (``read_mmod``) becomes a fully convolutional graph from the tiled pyramid
+to the score maps; the pyramid and the detections around it are ``dlib_mmod``'s. The face ResNet:
 
 The graph takes aligned 150x150 RGB chips as ``uint8 (N, 150, 150, 3)`` (what dlib's
 ``get_face_chip`` returns) and gives dlib's raw 128-d descriptors ``(N, 128)``; the input scaling
@@ -11,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +26,8 @@ from idleak.faces.dlib_format import DlibNet, Layer, read_resnet
 GRAPH_VERSION = 1
 OPSET = 17
 INPUT, OUTPUT = "chips", "descriptors"
+#: The MMOD detector graph: tiled pyramid ``float32 (N, 3, H, W)`` in, score maps ``(N, windows, h, w)`` out.
+MMOD_INPUT, MMOD_OUTPUT = "pyramid", "scores"
 
 
 def build_model(net: DlibNet):
@@ -37,13 +43,17 @@ def build_model(net: DlibNet):
         return name
 
     size = net.input_size
-    mean = np.asarray(net.mean_rgb, np.float32).reshape(1, 3, 1, 1)
-    nodes += [
-        helper.make_node("Cast", [INPUT], ["x_float"], to=TensorProto.FLOAT),
-        helper.make_node("Transpose", ["x_float"], ["x_nchw"], perm=[0, 3, 1, 2]),
-        helper.make_node("Sub", ["x_nchw", const("mean_rgb", mean)], ["x_centred"]),
-        helper.make_node("Mul", ["x_centred", const("inv_256", np.array(1 / 256, np.float32))], ["input"]),
-    ]
+    pyramid = net.loss["type"] == "mmod"
+    if pyramid:  # the tiled pyramid is built outside the graph (dlib_mmod), already scaled
+        nodes.append(helper.make_node("Identity", [MMOD_INPUT], ["input"]))
+    else:
+        mean = np.asarray(net.mean_rgb, np.float32).reshape(1, 3, 1, 1)
+        nodes += [
+            helper.make_node("Cast", [INPUT], ["x_float"], to=TensorProto.FLOAT),
+            helper.make_node("Transpose", ["x_float"], ["x_nchw"], perm=[0, 3, 1, 2]),
+            helper.make_node("Sub", ["x_nchw", const("mean_rgb", mean)], ["x_centred"]),
+            helper.make_node("Mul", ["x_centred", const("inv_256", np.array(1 / 256, np.float32))], ["input"]),
+        ]
     shapes: dict[str, tuple[int, int, int]] = {"input": (3, size, size)}
     consumers: dict[str, int] = {}
     for layer in net.layers:
@@ -114,13 +124,16 @@ def build_model(net: DlibNet):
             shapes[out] = (p["weight"].shape[1], 1, 1)
         else:  # pragma: no cover - dlib_format only produces the kinds above
             raise ModelError(f"cannot build ONNX for layer kind {layer.kind!r}")
-    nodes.append(helper.make_node("Identity", [folded.get(net.output, net.output)], [OUTPUT]))
-    graph = helper.make_graph(
-        nodes, net.architecture,
-        [helper.make_tensor_value_info(INPUT, TensorProto.UINT8, ["N", size, size, 3])],
-        [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["N", shapes[net.output][0]])],
-        inits,
-    )
+    if pyramid:
+        nodes.append(helper.make_node("Identity", [folded.get(net.output, net.output)], [MMOD_OUTPUT]))
+        inputs = [helper.make_tensor_value_info(MMOD_INPUT, TensorProto.FLOAT, ["N", 3, "H", "W"])]
+        outputs = [helper.make_tensor_value_info(MMOD_OUTPUT, TensorProto.FLOAT,
+                                                 ["N", shapes[net.output][0], "h", "w"])]
+    else:
+        nodes.append(helper.make_node("Identity", [folded.get(net.output, net.output)], [OUTPUT]))
+        inputs = [helper.make_tensor_value_info(INPUT, TensorProto.UINT8, ["N", size, size, 3])]
+        outputs = [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["N", shapes[net.output][0]])]
+    graph = helper.make_graph(nodes, net.architecture, inputs, outputs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="idleak")
     model.ir_version = 8
     onnx.checker.check_model(model)
@@ -145,15 +158,18 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def cached_onnx(dat: str | Path, cache_root: Path) -> Path:
-    """The ONNX file for ``dat``, built on first use under ``cache_root/models`` (keyed by content hash)."""
+def cached_onnx(dat: str | Path, cache_root: Path, read: Callable[[Path], DlibNet] = read_resnet) -> Path:
+    """The ONNX file for ``dat``, built on first use under ``cache_root/models`` (keyed by content hash).
+
+    ``read`` parses the ``.dat`` file (``read_resnet`` or ``dlib_format.read_mmod``).
+    """
     dat = Path(dat)
     if not dat.is_file():
         raise ModelError(f"dlib model file not found: {dat}")
     target = cache_root / "models" / f"{dat.stem}-{file_digest(dat)[:16]}-g{GRAPH_VERSION}.onnx"
     if target.is_file():
         return target
-    model = build_model(read_resnet(dat))
+    model = build_model(read(dat))
     target.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
     try:

@@ -1,7 +1,8 @@
 """One onnxruntime session per device that embeds batches of aligned face chips.
 
-``ChipSession`` is the only place a session is created: the dlib ResNet port and the user's own
-ONNX models (ArcFace/AdaFace 112x112) both run through it. A batch that fails (out of memory, a
+``make_session`` is the only place a session is created; ``ChipSession`` runs the dlib ResNet port
+and the user's own ONNX models (ArcFace/AdaFace 112x112) through it, and the ported MMOD face
+detector (``dlib_mmod``) uses it directly (one pyramid canvas per call). A batch that fails (out of memory, a
 provider error) is split in halves and retried; a single chip that still fails gets its error
 back instead of a vector, so one bad face never costs the others.
 """
@@ -38,6 +39,30 @@ def providers_for(device: str) -> tuple[list[str], str]:
     return [CPU], "--device auto: no CUDA provider in onnxruntime, running on the CPU"
 
 
+def make_session(path: str | Path, device: str = "cpu", threads: int = 0, label: str | None = None):
+    """An onnxruntime session for ``path`` on ``device``, and the note printed for the user (or "")."""
+    import onnxruntime as ort
+
+    label = label or str(path)
+    providers, note = providers_for(device)
+    options = ort.SessionOptions()
+    # Idle inference threads sleep instead of spinning: the worker processes need those cores.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if threads:
+        options.intra_op_num_threads = int(threads)
+    try:
+        session = ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises several private types
+        raise ModelError(f"{label}: not a usable ONNX model ({_first_line(exc)})") from None
+    if device == "cuda" and session.get_providers()[0] != CUDA:
+        raise ModelError(f"--device cuda: the CUDA provider failed to load for {label}")
+    if device == "auto" and providers[0] == CUDA and session.get_providers()[0] != CUDA:
+        note = "--device auto: the CUDA provider failed to load, running on the CPU"
+    if note:
+        print(f"idleak: {note}", file=sys.stderr)
+    return session, note
+
+
 class ChipSession:
     """Batched inference of a ``(N, ...) -> (N, D)`` ONNX model on one device.
 
@@ -46,27 +71,10 @@ class ChipSession:
 
     def __init__(self, path: str | Path, device: str = "cpu", threads: int = 0, batch_size: int = 64,
                  preprocess: Callable[[list[np.ndarray]], np.ndarray] | None = None, label: str | None = None) -> None:
-        import onnxruntime as ort
-
         self.path = str(path)
         self.label = label or self.path
-        providers, self.note = providers_for(device)
-        options = ort.SessionOptions()
-        # Idle inference threads sleep instead of spinning: the worker processes need those cores.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if threads:
-            options.intra_op_num_threads = int(threads)
-        try:
-            self.session = ort.InferenceSession(self.path, options, providers=providers)
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises several private types
-            raise ModelError(f"{self.label}: not a usable ONNX model ({_first_line(exc)})") from None
-        if device == "cuda" and self.session.get_providers()[0] != CUDA:
-            raise ModelError(f"--device cuda: the CUDA provider failed to load for {self.label}")
-        if device == "auto" and providers[0] == CUDA and self.session.get_providers()[0] != CUDA:
-            self.note = "--device auto: the CUDA provider failed to load, running on the CPU"
+        self.session, self.note = make_session(path, device=device, threads=threads, label=self.label)
         self.device = "cuda" if self.session.get_providers()[0] == CUDA else "cpu"
-        if self.note:
-            print(f"idleak: {self.note}", file=sys.stderr)
         first = self.session.get_inputs()[0]
         self.input_name, self.input_shape = first.name, first.shape
         self.fixed_batch = self.input_shape[0] if isinstance(self.input_shape[0], int) else None
