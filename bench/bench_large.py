@@ -178,9 +178,11 @@ def ray_overhead(n: int, dim: int) -> dict:
     t0 = time.perf_counter()
     local = exact_topk(syn, real, 5)
     t_local = time.perf_counter() - t0
+    t_start = time.perf_counter()
     nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     nodes.add_node(num_cpus=1)
     nodes.wait_for_nodes()
+    t_cluster = time.perf_counter() - t_start
     try:
         t1 = time.perf_counter()
         connect(nodes.address)
@@ -191,7 +193,7 @@ def ray_overhead(n: int, dim: int) -> dict:
     finally:
         ray.shutdown()
         nodes.shutdown()
-    return {"n": n, "dim": dim, "local_s": t_local, "ray_connect_s": t_connect, "ray_search_s": t_ray,
+    return {"n": n, "dim": dim, "local_s": t_local, "cluster_start_s": t_cluster, "ray_connect_s": t_connect, "ray_search_s": t_ray,
             "overhead_search": t_ray / t_local - 1, "overhead_with_connect": (t_ray + t_connect) / t_local - 1,
             "identical": bool(np.array_equal(local.indices, remote.indices))}
 

@@ -4,8 +4,9 @@ over a Ray cluster.
 - ``connect(address)``: joins an existing cluster (``ray://HOST:10001`` or ``HOST:6379``), or starts a
   local one when ``address`` is None; a cluster that does not answer is a one-line ``IdleakError``.
 - ``ray_topk``: the gallery is cut into shards, each searched exactly by a Ray task (FAISS, as the
-  local exact engine), and the shards' top-k are merged: the result equals ``idleak.search.topk``.
-  A task whose worker dies is retried (``max_retries``), so a lost node costs time, not results.
+  local exact engine) spread over the nodes, and the shards' top-k are merged: the result equals
+  ``idleak.search.topk``. A task whose worker or node dies is retried on a node that is alive
+  (``max_retries``), so a lost node costs time, not results.
 - ``ray_embed_records``: Ray Data batch inference, one face model per actor (a GPU per actor with
   ``gpus_per_actor``); the driver writes the rows to the store as they come, so a killed job keeps
   what was written and a rerun embeds only the rest.
@@ -65,7 +66,9 @@ def _probe(address: str, timeout_s: float) -> None:
         raise IdleakError(f"--ray-address {address}: no Ray cluster answers ({exc})") from None
 
 
-def _search_shard(queries, shard, k, query_groups, shard_groups, offset, block_size):  # runs on a worker
+def _search_shard(queries, shard, k, query_groups, shard_groups, offset, block_size, on_shard):  # on a worker
+    if on_shard is not None:
+        on_shard(offset)
     found = exact_topk(queries, shard, k, query_groups, shard_groups, block_size=block_size)
     return found.scores, np.where(found.indices >= 0, found.indices + offset, -1)
 
@@ -80,8 +83,13 @@ def ray_topk(
     block_size: int = DEFAULT_BLOCK,
     progress: ProgressFn | None = None,
     address: str | None = None,
+    on_shard: Callable[[int], None] | None = None,
 ) -> TopK:
-    """Exact top-k with the gallery sharded over the cluster's CPUs; equal to the local exact engine."""
+    """Exact top-k with the gallery sharded over the cluster's CPUs; equal to the local exact engine.
+
+    ``on_shard`` is for fault tests only: called on the worker with the shard's first gallery row
+    before the shard is searched (e.g. to hold a task while its node is killed).
+    """
     ray = _ray()
     connect(address)
     queries = np.ascontiguousarray(queries, np.float32)
@@ -89,11 +97,11 @@ def ray_topk(
     k = max(1, int(k))
     shards = shards or max(1, int(ray.cluster_resources().get("CPU", 1)))
     bounds = np.linspace(0, len(gallery), shards + 1).astype(int)
-    remote = ray.remote(num_cpus=1, max_retries=MAX_RETRIES)(_search_shard)
+    remote = ray.remote(num_cpus=1, max_retries=MAX_RETRIES, scheduling_strategy="SPREAD")(_search_shard)
     query_ref = ray.put(queries)
     groups_ref = ray.put(query_groups) if query_groups is not None else None
     pending = [remote.remote(query_ref, gallery[lo:hi], k, groups_ref,
-                             None if gallery_groups is None else gallery_groups[lo:hi], lo, block_size)
+                             None if gallery_groups is None else gallery_groups[lo:hi], lo, block_size, on_shard)
                for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
     best_scores = np.full((len(queries), k), -np.inf, np.float32)
     best_index = np.full((len(queries), k), -1, np.int64)
