@@ -8,7 +8,7 @@ import asyncio
 import json
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,9 @@ def cluster():
         from ray.cluster_utils import Cluster
     except ImportError:
         pytest.fail("Ray is not installed: pip install 'idleak[ray]'")
-    nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    # a dead node is noticed after 3 failed health checks 1 s apart (Ray's default: 5 x 3 s)
+    nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "_system_config": {
+        "health_check_period_ms": 1000, "health_check_failure_threshold": 3}})
     nodes.add_node(num_cpus=1)
     nodes.wait_for_nodes()
     yield nodes
@@ -123,12 +125,15 @@ def kill_worker_node_mid_job(cluster, job):
         if ray.get_runtime_context().get_node_id() == doomed:
             ray.get(gate.arrive.remote())
             ray.get(gate.wait_release.remote())  # never returns: the node dies first
+        else:  # the head's work waits until the worker node has work, so that the worker gets some
+            ray.get(gate.wait_arrival.remote())
 
     try:
         with ThreadPoolExecutor(1) as pool:
             running = pool.submit(job, hold)
-            ray.get(gate.wait_arrival.remote(), timeout=300)  # a task is running on the worker node
-            assert not running.done()
+            arrived = gate.wait_arrival.remote().future()
+            wait([running, arrived], timeout=300, return_when=FIRST_COMPLETED)
+            assert arrived.done() and not running.done(), "no work ran on the worker node"
             cluster.remove_node(victim, allow_graceful=False)
             ray.get(gate.release.remote())
             return running.result(timeout=300)  # the held task only ends with its node: it was retried
@@ -148,3 +153,20 @@ def test_ray_search_survives_a_worker_node_killed_mid_job(cluster) -> None:
     result = kill_worker_node_mid_job(cluster, lambda hold: ray_topk(g[:400], g, 5, shards=6, on_shard=hold))
     exact = topk(g[:400], g, 5)
     assert np.array_equal(result.indices, exact.indices) and np.allclose(result.scores, exact.scores)
+
+
+def test_ray_embedding_survives_a_worker_node_killed_mid_job(cluster, faces_root: Path) -> None:
+    from idleak.embedding import image_rows
+    from idleak.faces import load_embedder
+    from idleak.ray_engine import ray_embed_rows
+
+    photos = [p for s in (1, 2) for p in sorted((faces_root / "orl" / f"s{s}").glob("*.pgm"))[:4]]
+    items = [(str(p), f"h{i}", p.parent.name) for i, p in enumerate(photos)]
+    rows = kill_worker_node_mid_job(cluster, lambda hold: [r for rs in ray_embed_rows(
+        items, "dlib", False, actors=2, batch_size=2, on_batch=hold) for r in rs])
+    local = load_embedder("dlib")
+    expected = [r for p, h, i in items for r in image_rows(local, p, h, i, False)]
+    assert sorted(r["hash"] for r in rows) == [r["hash"] for r in expected]  # each image once, none lost
+    got = {r["hash"]: r for r in rows}
+    for want in expected:
+        np.testing.assert_allclose(got[want["hash"]]["vector"], want["vector"], atol=1e-5)

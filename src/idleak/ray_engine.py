@@ -25,7 +25,9 @@ from idleak.errors import IdleakError
 from idleak.search import DEFAULT_BLOCK, TopK, exact_topk, merge_topk
 
 ProgressFn = Callable[[int, int], None]
-#: retries of a search task or an embedding batch whose worker or node died
+#: retries of a search task, or restarts of an embedding actor, whose worker or node died (an embedding
+#: batch waits for its actor's restart however long the cluster takes to notice the death: a task that
+#: fails through the code's own error is not retried, so only a dying worker can repeat it)
 MAX_RETRIES = 3
 
 
@@ -119,14 +121,18 @@ def ray_topk(
 class _EmbedActor:
     """One face model per actor; turns a batch of (path, hash, identity) into pickled store rows."""
 
-    def __init__(self, spec, aligned: bool) -> None:
+    def __init__(self, spec, aligned: bool, on_batch: Callable[[str], None] | None = None) -> None:
         from idleak.faces import load_embedder
 
         self.embedder = load_embedder(spec)
         self.aligned = aligned
+        self.on_batch = on_batch
 
     def __call__(self, batch: dict) -> dict:
         from idleak.embedding import image_rows
+
+        if self.on_batch is not None:
+            self.on_batch(str(batch["path"][0]))
 
         out = [pickle.dumps(image_rows(self.embedder, str(p), str(h), None if i is None else str(i), self.aligned))
                for p, h, i in zip(batch["path"], batch["hash"], batch["identity"])]
@@ -134,9 +140,14 @@ class _EmbedActor:
 
 
 def ray_embed_rows(items: list[tuple[str, str, str | None]], spec, aligned: bool, actors: int | None = None,
-                   gpus_per_actor: float = 0.0, batch_size: int = 8,
-                   address: str | None = None) -> Iterator[list[dict]]:
-    """Store rows of each image of ``items`` (path, hash, identity), embedded by Ray Data actors, as they come."""
+                   gpus_per_actor: float = 0.0, batch_size: int = 8, address: str | None = None,
+                   on_batch: Callable[[str], None] | None = None) -> Iterator[list[dict]]:
+    """Store rows of each image of ``items`` (path, hash, identity), embedded by Ray Data actors, as they come.
+
+    An actor whose node dies is restarted elsewhere and its batches run again (``max_restarts``,
+    ``max_task_retries``). ``on_batch`` is for fault tests only: called in the actor with the batch's
+    first path before the batch is embedded.
+    """
     ray = _ray()
     connect(address)
     from ray import data as ray_data
@@ -145,9 +156,12 @@ def ray_embed_rows(items: list[tuple[str, str, str | None]], spec, aligned: bool
         return
     actors = actors or max(1, int(ray.cluster_resources().get("CPU", 1)))
     ds = ray_data.from_items([{"path": p, "hash": h, "identity": i} for p, h, i in items])
-    ds = ds.map_batches(_EmbedActor, fn_constructor_args=(spec, aligned), batch_size=batch_size,
-                        concurrency=actors, num_gpus=gpus_per_actor or None, num_cpus=1,
-                        max_restarts=MAX_RETRIES, max_task_retries=MAX_RETRIES, batch_format="numpy")
+    # two batches in flight per actor: each actor is kept busy, batches are spread over the actors
+    # (not queued behind the actor next to the data), and a lost node holds few of them
+    pool = ray_data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=2)
+    ds = ds.map_batches(_EmbedActor, fn_constructor_args=(spec, aligned, on_batch), batch_size=batch_size,
+                        compute=pool, num_gpus=gpus_per_actor or None, num_cpus=1,
+                        max_restarts=MAX_RETRIES, max_task_retries=-1, batch_format="numpy")
     for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
         for payload in batch["rows"]:
             yield pickle.loads(payload)
