@@ -275,18 +275,21 @@ def embed_engines(images: int, faces: Path) -> dict:
                 last = times[-1]
                 out[engine] = {"total_s": total, "startup_s": first[1], "first_images": first[0],
                                "steady_images_per_s": (last[0] - first[0]) / max(last[1] - first[1], 1e-9)}
-                vectors[engine] = store.vectors(np.arange(store.n_rows))
-                store = None
+                rows = np.arange(store.n_rows)
+                meta = store.meta(rows, ["hash", "face", "reason"])
+                face = np.array([r is None for r in meta["reason"]])
+                keys = [(h, int(f)) for h, f, ok in zip(meta["hash"], meta["face"], face) if ok]
+                vectors[engine] = dict(zip(keys, store.vectors(rows[face])))
+                out[engine]["faces"] = len(keys)
             if engine == "ray":
                 ray.shutdown()
     finally:
         nodes.shutdown()
     out["ray_vs_local_total"] = out["ray"]["total_s"] / out["local"]["total_s"]
     out["ray_vs_local_steady_rate"] = out["ray"]["steady_images_per_s"] / out["local"]["steady_images_per_s"]
-    a, b = vectors["local"], vectors["ray"]
-    out["same_rows"] = len(a) == len(b)
-    if len(a) == len(b):  # rows may be written in another order: compare each local vector's best match
-        out["worst_cosine_local_vs_ray"] = float((a @ b.T).max(axis=1).min())
+    a, b = vectors["local"], vectors["ray"]  # rows are written in another order: match them by (file, face)
+    out["same_faces"] = a.keys() == b.keys()
+    out["worst_cosine_local_vs_ray"] = min(float(a[key] @ b[key]) for key in a.keys() & b.keys())
     return out
 
 
