@@ -293,7 +293,7 @@ def embed_engines(images: int, faces: Path) -> dict:
     return out
 
 
-def ray_overhead(n: int, dim: int) -> dict:
+def ray_overhead(n: int, dim: int, shards: int | None) -> dict:
     import ray
     from ray.cluster_utils import Cluster
 
@@ -315,12 +315,12 @@ def ray_overhead(n: int, dim: int) -> dict:
         connect(nodes.address)
         t_connect = time.perf_counter() - t1
         t2 = time.perf_counter()
-        remote = ray_topk(syn, real, 5, shards=8)
+        remote = ray_topk(syn, real, 5, shards=shards)
         t_ray = time.perf_counter() - t2
     finally:
         ray.shutdown()
         nodes.shutdown()
-    return {"n": n, "dim": dim, "local_s": t_local, "cluster_start_s": t_cluster, "ray_connect_s": t_connect, "ray_search_s": t_ray,
+    return {"n": n, "dim": dim, "shards": shards or "one per CPU", "local_s": t_local, "cluster_start_s": t_cluster, "ray_connect_s": t_connect, "ray_search_s": t_ray,
             "overhead_search": t_ray / t_local - 1, "overhead_with_connect": (t_ray + t_connect) / t_local - 1,
             "identical": bool(np.array_equal(local.indices, remote.indices))}
 
@@ -348,6 +348,7 @@ def main() -> None:
     r = sub.add_parser("ray")
     r.add_argument("--n", type=int, default=100_000)
     r.add_argument("--dim", type=int, default=128)
+    r.add_argument("--shards", type=int, default=None, help="gallery shards (default: the engine's, one per CPU)")
     e = sub.add_parser("embed")
     e.add_argument("--images", type=int, default=320)
     e.add_argument("--faces", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "faces" / "orl")
@@ -370,7 +371,7 @@ def main() -> None:
     elif args.what == "fetch":
         print(json.dumps({"fetch": fetch(args.root, args.fetch)}))
     elif args.what == "ray":
-        print(json.dumps({"ray": ray_overhead(args.n, args.dim)}))
+        print(json.dumps({"ray": ray_overhead(args.n, args.dim, args.shards)}))
     elif args.what == "embed":
         print(json.dumps({"embed": embed_engines(args.images, args.faces)}))
     elif args.what == "real":
