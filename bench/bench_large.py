@@ -317,12 +317,17 @@ def ray_overhead(n: int, dim: int, shards: int | None) -> dict:
         t2 = time.perf_counter()
         remote = ray_topk(syn, real, 5, shards=shards)
         t_ray = time.perf_counter() - t2
+        t3 = time.perf_counter()  # again, with the workers started (their processes and imports)
+        again = ray_topk(syn, real, 5, shards=shards)
+        t_warm = time.perf_counter() - t3
     finally:
         ray.shutdown()
         nodes.shutdown()
     return {"n": n, "dim": dim, "shards": shards or "one per CPU", "local_s": t_local, "cluster_start_s": t_cluster, "ray_connect_s": t_connect, "ray_search_s": t_ray,
             "overhead_search": t_ray / t_local - 1, "overhead_with_connect": (t_ray + t_connect) / t_local - 1,
-            "identical": bool(np.array_equal(local.indices, remote.indices))}
+            "ray_search_warm_s": t_warm, "overhead_search_warm": t_warm / t_local - 1,
+            "identical": bool(np.array_equal(local.indices, remote.indices)
+                              and np.array_equal(local.indices, again.indices))}
 
 
 def main() -> None:
