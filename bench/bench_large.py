@@ -293,6 +293,21 @@ def embed_engines(images: int, faces: Path) -> dict:
     return out
 
 
+def tree_cpu_s() -> float:
+    """CPU seconds used so far by this process and every process it started (Ray's included)."""
+    import psutil
+
+    me = psutil.Process()
+    total = 0.0
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            t = proc.cpu_times()
+        except psutil.Error:
+            continue
+        total += t.user + t.system
+    return total
+
+
 def ray_overhead(n: int, dim: int, shards: int | None) -> dict:
     import ray
     from ray.cluster_utils import Cluster
@@ -302,9 +317,9 @@ def ray_overhead(n: int, dim: int, shards: int | None) -> dict:
 
     rng = np.random.default_rng(5)
     real, syn = unit(rng, n, dim), unit(rng, n, dim)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), tree_cpu_s()
     local = exact_topk(syn, real, 5)
-    t_local = time.perf_counter() - t0
+    t_local, cpu_local = time.perf_counter() - t0, tree_cpu_s() - c0
     t_start = time.perf_counter()
     nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     nodes.add_node(num_cpus=1)
@@ -314,18 +329,21 @@ def ray_overhead(n: int, dim: int, shards: int | None) -> dict:
         t1 = time.perf_counter()
         connect(nodes.address)
         t_connect = time.perf_counter() - t1
-        t2 = time.perf_counter()
+        t2, c2 = time.perf_counter(), tree_cpu_s()
         remote = ray_topk(syn, real, 5, shards=shards)
-        t_ray = time.perf_counter() - t2
-        t3 = time.perf_counter()  # again, with the workers started (their processes and imports)
+        t_ray, cpu_ray = time.perf_counter() - t2, tree_cpu_s() - c2
+        t3, c3 = time.perf_counter(), tree_cpu_s()  # again, with the workers started (processes, imports)
         again = ray_topk(syn, real, 5, shards=shards)
-        t_warm = time.perf_counter() - t3
+        t_warm, cpu_warm = time.perf_counter() - t3, tree_cpu_s() - c3
     finally:
         ray.shutdown()
         nodes.shutdown()
     return {"n": n, "dim": dim, "shards": shards or "one per CPU", "local_s": t_local, "cluster_start_s": t_cluster, "ray_connect_s": t_connect, "ray_search_s": t_ray,
             "overhead_search": t_ray / t_local - 1, "overhead_with_connect": (t_ray + t_connect) / t_local - 1,
             "ray_search_warm_s": t_warm, "overhead_search_warm": t_warm / t_local - 1,
+            # CPU seconds of every process involved (less sensitive than wall time to other jobs' load)
+            "cpu_local_s": cpu_local, "cpu_ray_s": cpu_ray, "cpu_ray_warm_s": cpu_warm,
+            "cpu_overhead": cpu_ray / cpu_local - 1, "cpu_overhead_warm": cpu_warm / cpu_local - 1,
             "identical": bool(np.array_equal(local.indices, remote.indices)
                               and np.array_equal(local.indices, again.indices))}
 
