@@ -7,9 +7,10 @@ over a Ray cluster.
   local exact engine) spread over the nodes, and the shards' top-k are merged: the result equals
   ``idleak.search.topk``. A task whose worker or node dies is retried on a node that is alive
   (``max_retries``), so a lost node costs time, not results.
-- ``ray_embed_records``: Ray Data batch inference, one face model per actor (a GPU per actor with
+- ``ray_embed_rows``: Ray Data batch inference, one face model per actor (a GPU per actor with
   ``gpus_per_actor``); the driver writes the rows to the store as they come, so a killed job keeps
-  what was written and a rerun embeds only the rest.
+  what was written and a rerun embeds only the rest. An actor whose node dies is restarted and its
+  batches run again.
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ from idleak.errors import IdleakError
 from idleak.search import DEFAULT_BLOCK, TopK, exact_topk, merge_topk
 
 ProgressFn = Callable[[int, int], None]
-#: retries of a search task, or restarts of an embedding actor, whose worker or node died (an embedding
-#: batch waits for its actor's restart however long the cluster takes to notice the death: a task that
-#: fails through the code's own error is not retried, so only a dying worker can repeat it)
+#: retries of a search task, and restarts of an embedding actor, whose worker or node died. An embedding
+#: batch is retried without limit while it waits for its actor's restart (a bounded count is spent in a
+#: second against the dead address, before the cluster notices the death); only a dying worker makes a
+#: batch run again, never an error raised by the code.
 MAX_RETRIES = 3
 
 
