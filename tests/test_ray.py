@@ -128,17 +128,18 @@ def kill_worker_node_mid_job(cluster, job):
         else:  # the head's work waits until the worker node has work, so that the worker gets some
             ray.get(gate.wait_arrival.remote())
 
+    pool = ThreadPoolExecutor(1)
     try:
-        with ThreadPoolExecutor(1) as pool:
-            running = pool.submit(job, hold)
-            arrived = gate.wait_arrival.remote().future()
-            wait([running, arrived], timeout=300, return_when=FIRST_COMPLETED)
-            assert arrived.done() and not running.done(), "no work ran on the worker node"
-            cluster.remove_node(victim, allow_graceful=False)
-            ray.get(gate.release.remote())
-            return running.result(timeout=300)  # the held task only ends with its node: it was retried
+        running = pool.submit(job, hold)
+        arrived = gate.wait_arrival.remote().future()
+        wait([running, arrived], timeout=300, return_when=FIRST_COMPLETED)
+        assert arrived.done() and not running.done(), "no work ran on the worker node"
+        cluster.remove_node(victim, allow_graceful=False)
+        ray.get(gate.release.remote())
+        return running.result(timeout=300)  # the held task only ends with its node: it was retried
     finally:
-        ray.shutdown()
+        ray.shutdown()  # also ends a job that hangs, before its thread is let go
+        pool.shutdown(wait=False, cancel_futures=True)
         cluster.add_node(num_cpus=1)  # the next test has two nodes again
         cluster.wait_for_nodes()
 
@@ -168,5 +169,6 @@ def test_ray_embedding_survives_a_worker_node_killed_mid_job(cluster, faces_root
     expected = [r for p, h, i in items for r in image_rows(local, p, h, i, False)]
     assert sorted(r["hash"] for r in rows) == [r["hash"] for r in expected]  # each image once, none lost
     got = {r["hash"]: r for r in rows}
+    assert all("vector" in r for r in expected)  # every photo has a face
     for want in expected:
         np.testing.assert_allclose(got[want["hash"]]["vector"], want["vector"], atol=1e-5)
