@@ -4,6 +4,8 @@ vectors with planted near-duplicates (precomputed embeddings: this measures the 
     python bench/bench_large.py store  --rows 10000000 --dim 128 --fetch 1000000 --dir /tmp/idleak-bench
     python bench/bench_large.py search --n 1000000 --dim 128 --dups 1000 --sample 100000
     python bench/bench_large.py ray    --n 100000 --dim 128
+    python bench/bench_large.py embed  --images 320 --faces ../shared/data/faces/orl
+    python bench/bench_large.py real   --store /work/cache/store-lfw --store /work/cache/store-utk
 
 ``store``: builds a store of ROWS rows (segments of 10^6 rows, as ``EmbeddingStore.append`` writes
 them), then a fresh process opens it, looks up FETCH random keys and reads their vectors and
@@ -14,6 +16,13 @@ search runs on a SAMPLE of SYN (all planted faces included) against all of REAL,
 recall@1 and the extrapolated time of a full exact search are compared in the same run.
 ``ray``: the search of an N x N audit (k=5, exact) on a local 2-node Ray cluster (1 CPU per node)
 against the local exact engine on the same 2 cores, in the same run; results must be identical.
+``embed``: IMAGES photos embedded into a fresh store by the local engine (2 worker processes, the
+parent embeds batches) and by Ray Data (2 actors on the 2-node cluster), in the same run: start-up
+(until the first image is written) and steady-state images per second after it; vectors must agree.
+``search`` and ``real`` also report the recall@1 target's outcome (``--recall``, default 0.99): the
+nprobe chosen on the check sample, the sample's recall@1, or the fallback to exact search.
+``real``: recall@1 of ivf on real face embeddings read from existing stores (read only): one face of
+each person with 2 or more is a query, every other face (all stores together) the gallery.
 """
 
 from __future__ import annotations
@@ -123,7 +132,8 @@ def fetch(root: Path, n_fetch: int, seed: int = 1) -> dict:
             "rss_before_lookup_mb": before, "baseline_rss_mb": base}
 
 
-def search(n: int, dim: int, dups: int, sample: int, threshold: float, nprobe: int | None) -> dict:
+def search(n: int, dim: int, dups: int, sample: int, threshold: float, nprobe: int | None,
+           recall: float | None) -> dict:
     from idleak.search import topk
     from idleak.search_ivf import build_ivf, ivf_topk
 
@@ -138,7 +148,7 @@ def search(n: int, dim: int, dups: int, sample: int, threshold: float, nprobe: i
     ivf = build_ivf(real)
     t_build = time.perf_counter() - t0
     t1 = time.perf_counter()
-    result = ivf_topk(syn, real, 5, bound=threshold - 0.05, ivf=ivf, nprobe=nprobe)
+    result = ivf_topk(syn, real, 5, bound=threshold - 0.05, ivf=ivf, nprobe=nprobe, recall=recall or None)
     t_search = time.perf_counter() - t1
     rss_ivf = peak_rss_mb()
     flagged = result.scores[:, 0] > threshold
@@ -152,7 +162,8 @@ def search(n: int, dim: int, dups: int, sample: int, threshold: float, nprobe: i
     strong = exact.scores[:, 0] >= 0.5
     return {
         "n_syn": n, "n_real": n, "dim": dim, "planted": dups, "threshold": threshold,
-        "nlist": len(ivf.centroids), "nprobe": int(ivf.index.nprobe),
+        "nlist": len(ivf.centroids), "nprobe": int(ivf.index.nprobe), "engine": result.engine,
+        "details": result.details,
         "ivf_build_s": t_build, "ivf_search_s": t_search, "ivf_total_s": t_build + t_search,
         "n_rescored_exactly": result.n_rescored, "n_certified": int(result.exact.sum()),
         "n_flagged": int(flagged.sum()), "planted_flagged_with_right_match": planted_found,
@@ -162,11 +173,142 @@ def search(n: int, dim: int, dups: int, sample: int, threshold: float, nprobe: i
         "recall_at_1_score_ge_0.5": float(np.mean(result.indices[sub][strong, 0] == exact.indices[strong, 0])),
         "exact_sample_s": t_exact, "exact_full_extrapolated_s": t_exact * n / sample,
         "speedup_vs_exact": (t_exact * n / sample) / (t_build + t_search),
+        "recall_at_1_outside_check_sample": held_out_recall(result, exact, sub, n),
         "peak_rss_mb_after_ivf": rss_ivf, "peak_rss_mb": peak_rss_mb(), "baseline_rss_mb": base,
     }
 
 
-def ray_overhead(n: int, dim: int) -> dict:
+def held_out_recall(result, exact, rows: np.ndarray, n: int, check: int = 1000) -> float:
+    """recall@1 on ``rows`` that the engine's check sample (searched exactly) did not cover."""
+    from idleak.search import TopK
+    from idleak.search_ivf import recall_at_1
+
+    checked = np.sort(np.random.default_rng(0).choice(n, min(check, n), replace=False))  # as ivf_topk draws it
+    keep = ~np.isin(rows, checked)
+    return recall_at_1(TopK(result.scores[rows[keep]], result.indices[rows[keep]]),
+                       TopK(exact.scores[keep], exact.indices[keep]))
+
+
+def real_recall(stores: list[Path], recall: float | None) -> dict:
+    """ivf vs exact on real embeddings: one face per person (2+ faces) queries all the other faces."""
+    from idleak.search import topk
+    from idleak.search_ivf import build_ivf, ivf_topk, recall_at_1
+    from idleak.store import EmbeddingStore
+
+    vectors, people = [], []
+    for root in stores:
+        store = EmbeddingStore.open(root)
+        rows = np.arange(store.n_rows)
+        meta = store.meta(rows, ["identity", "reason"])
+        face = np.array([r is None for r in meta["reason"]])
+        vectors.append(store.vectors(rows[face]))
+        people += [f"{root.name}/{i}" if i is not None else None for i, f in zip(meta["identity"], face) if f]
+    allv = np.concatenate(vectors)
+    first: dict[str, int] = {}
+    counts: dict[str, int] = {}
+    for row, who in enumerate(people):
+        if who is not None:
+            counts[who] = counts.get(who, 0) + 1
+            first.setdefault(who, row)
+    q_rows = np.array(sorted(r for who, r in first.items() if counts[who] >= 2))
+    g_rows = np.setdiff1d(np.arange(len(allv)), q_rows)
+    q, g = allv[q_rows], allv[g_rows]
+    t0 = time.perf_counter()
+    exact = topk(q, g, 5)
+    t_exact = time.perf_counter() - t0
+    ivf = build_ivf(g)
+    plain = ivf_topk(q, g, 5, ivf=ivf, recall=None)
+    curve = {}  # recall@1 per nprobe, and the share of the lists it scans
+    probe = 1
+    while probe <= len(ivf.centroids):
+        curve[probe] = round(recall_at_1(ivf_topk(q, g, 5, ivf=ivf, nprobe=probe, recall=None), exact), 4)
+        probe *= 2
+    t1 = time.perf_counter()
+    target = ivf_topk(q, g, 5, ivf=ivf, recall=recall)
+    t_target = time.perf_counter() - t1
+    same_person = np.array([people[g_rows[i]] == people[r] for i, r in zip(exact.indices[:, 0], q_rows)])
+
+    return {"stores": [str(r) for r in stores], "n_queries": len(q), "n_gallery": len(g),
+            "true_best_is_same_person": float(same_person.mean()),
+            "true_best_score_percentiles_1_50_99": np.percentile(exact.scores[:, 0], [1, 50, 99]).round(3).tolist(),
+            "nlist": len(ivf.centroids), "default_nprobe": int(plain.details["nprobe"]),
+            "recall_at_1_default_nprobe": recall_at_1(plain, exact), "recall_at_1_by_nprobe": curve,
+            "with_target": {"engine": target.engine, **target.details,
+                            "recall_at_1_all": recall_at_1(target, exact),
+                            "recall_at_1_outside_check_sample": held_out_recall(target, exact, np.arange(len(q)),
+                                                                                len(q))},
+            "exact_s": t_exact, "ivf_with_target_s": t_target}
+
+
+def embed_engines(images: int, faces: Path) -> dict:
+    """Local engine vs Ray Data on the same photos: start-up and steady-state images per second."""
+    import tempfile
+
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from idleak.embedding import embed_records
+    from idleak.faces import parse_model
+    from idleak.sources import scan_folder
+    from idleak.store import EmbeddingStore
+
+    records = scan_folder(faces)[:images]
+    spec = parse_model("dlib")
+    out: dict = {"images": len(records), "faces": str(faces)}
+    nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    nodes.add_node(num_cpus=1)
+    nodes.wait_for_nodes()
+    vectors = {}
+    try:
+        for engine in ("local", "ray"):
+            with tempfile.TemporaryDirectory() as tmp:
+                store = EmbeddingStore.create(tmp, "bench", 128)
+                times: list[tuple[int, float]] = []
+                t0 = time.perf_counter()
+                def note(done: int, total: int, times: list = times, t0: float = t0) -> None:
+                    times.append((done, time.perf_counter() - t0))
+
+                embed_records(records, store, spec, workers=2, engine=engine, ray_address=nodes.address,
+                              progress=note)
+                total = time.perf_counter() - t0
+                first = next((d, t) for d, t in times if d > 0)
+                last = times[-1]
+                out[engine] = {"total_s": total, "startup_s": first[1], "first_images": first[0],
+                               "steady_images_per_s": (last[0] - first[0]) / max(last[1] - first[1], 1e-9)}
+                rows = np.arange(store.n_rows)
+                meta = store.meta(rows, ["hash", "face", "reason"])
+                face = np.array([r is None for r in meta["reason"]])
+                keys = [(h, int(f)) for h, f, ok in zip(meta["hash"], meta["face"], face) if ok]
+                vectors[engine] = dict(zip(keys, store.vectors(rows[face])))
+                out[engine]["faces"] = len(keys)
+            if engine == "ray":
+                ray.shutdown()
+    finally:
+        nodes.shutdown()
+    out["ray_vs_local_total"] = out["ray"]["total_s"] / out["local"]["total_s"]
+    out["ray_vs_local_steady_rate"] = out["ray"]["steady_images_per_s"] / out["local"]["steady_images_per_s"]
+    a, b = vectors["local"], vectors["ray"]  # rows are written in another order: match them by (file, face)
+    out["same_faces"] = a.keys() == b.keys()
+    out["worst_cosine_local_vs_ray"] = min(float(a[key] @ b[key]) for key in a.keys() & b.keys())
+    return out
+
+
+def tree_cpu_s() -> float:
+    """CPU seconds used so far by this process and every process it started (Ray's included)."""
+    import psutil
+
+    me = psutil.Process()
+    total = 0.0
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            t = proc.cpu_times()
+        except psutil.Error:
+            continue
+        total += t.user + t.system
+    return total
+
+
+def ray_overhead(n: int, dim: int, shards: int | None) -> dict:
     import ray
     from ray.cluster_utils import Cluster
 
@@ -175,25 +317,35 @@ def ray_overhead(n: int, dim: int) -> dict:
 
     rng = np.random.default_rng(5)
     real, syn = unit(rng, n, dim), unit(rng, n, dim)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), tree_cpu_s()
     local = exact_topk(syn, real, 5)
-    t_local = time.perf_counter() - t0
+    t_local, cpu_local = time.perf_counter() - t0, tree_cpu_s() - c0
+    t_start = time.perf_counter()
     nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     nodes.add_node(num_cpus=1)
     nodes.wait_for_nodes()
+    t_cluster = time.perf_counter() - t_start
     try:
         t1 = time.perf_counter()
         connect(nodes.address)
         t_connect = time.perf_counter() - t1
-        t2 = time.perf_counter()
-        remote = ray_topk(syn, real, 5, shards=8)
-        t_ray = time.perf_counter() - t2
+        t2, c2 = time.perf_counter(), tree_cpu_s()
+        remote = ray_topk(syn, real, 5, shards=shards)
+        t_ray, cpu_ray = time.perf_counter() - t2, tree_cpu_s() - c2
+        t3, c3 = time.perf_counter(), tree_cpu_s()  # again, with the workers started (processes, imports)
+        again = ray_topk(syn, real, 5, shards=shards)
+        t_warm, cpu_warm = time.perf_counter() - t3, tree_cpu_s() - c3
     finally:
         ray.shutdown()
         nodes.shutdown()
-    return {"n": n, "dim": dim, "local_s": t_local, "ray_connect_s": t_connect, "ray_search_s": t_ray,
+    return {"n": n, "dim": dim, "shards": shards or "one per CPU", "local_s": t_local, "cluster_start_s": t_cluster, "ray_connect_s": t_connect, "ray_search_s": t_ray,
             "overhead_search": t_ray / t_local - 1, "overhead_with_connect": (t_ray + t_connect) / t_local - 1,
-            "identical": bool(np.array_equal(local.indices, remote.indices))}
+            "ray_search_warm_s": t_warm, "overhead_search_warm": t_warm / t_local - 1,
+            # CPU seconds of every process involved (less sensitive than wall time to other jobs' load)
+            "cpu_local_s": cpu_local, "cpu_ray_s": cpu_ray, "cpu_ray_warm_s": cpu_warm,
+            "cpu_overhead": cpu_ray / cpu_local - 1, "cpu_overhead_warm": cpu_warm / cpu_local - 1,
+            "identical": bool(np.array_equal(local.indices, remote.indices)
+                              and np.array_equal(local.indices, again.indices))}
 
 
 def main() -> None:
@@ -215,9 +367,17 @@ def main() -> None:
     q.add_argument("--sample", type=int, default=100_000)
     q.add_argument("--threshold", type=float, default=0.8)
     q.add_argument("--nprobe", type=int, default=None)
+    q.add_argument("--recall", type=float, default=0.99, help="recall@1 target (0: none, the nprobe given)")
     r = sub.add_parser("ray")
     r.add_argument("--n", type=int, default=100_000)
     r.add_argument("--dim", type=int, default=128)
+    r.add_argument("--shards", type=int, default=None, help="gallery shards (default: the engine's, one per CPU)")
+    e = sub.add_parser("embed")
+    e.add_argument("--images", type=int, default=320)
+    e.add_argument("--faces", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "faces" / "orl")
+    rr = sub.add_parser("real")
+    rr.add_argument("--store", type=Path, action="append", required=True)
+    rr.add_argument("--recall", type=float, default=0.99)
     args = parser.parse_args()
     if args.what == "store":
         root = args.dir / f"store-{args.rows}-{args.dim}"
@@ -234,9 +394,14 @@ def main() -> None:
     elif args.what == "fetch":
         print(json.dumps({"fetch": fetch(args.root, args.fetch)}))
     elif args.what == "ray":
-        print(json.dumps({"ray": ray_overhead(args.n, args.dim)}))
+        print(json.dumps({"ray": ray_overhead(args.n, args.dim, args.shards)}))
+    elif args.what == "embed":
+        print(json.dumps({"embed": embed_engines(args.images, args.faces)}))
+    elif args.what == "real":
+        print(json.dumps({"real": real_recall(args.store, args.recall or None)}))
     else:
-        print(json.dumps({"search": search(args.n, args.dim, args.dups, args.sample, args.threshold, args.nprobe)}))
+        print(json.dumps({"search": search(args.n, args.dim, args.dups, args.sample, args.threshold, args.nprobe,
+                                           args.recall)}))
 
 
 if __name__ == "__main__":

@@ -50,16 +50,29 @@ def audit(tables: dict, out: Path, *extra: str, env: dict | None = None) -> subp
 
 def test_ivf_audit_flags_exactly_what_exact_search_flags(tables: dict, tmp_path: Path) -> None:
     exact = audit(tables, tmp_path / "exact", "--search", "exact")
-    ivf = audit(tables, tmp_path / "ivf", "--search", "ivf")
+    # random vectors: recall@1 0.99 would cost as much as exact search, so no target here (see the next test)
+    ivf = audit(tables, tmp_path / "ivf", "--search", "ivf", "--search-recall", "0")
     assert exact.returncode in (0, 1) and ivf.returncode == exact.returncode, ivf.stderr
     assert "plan: 3,000 x 30,000 faces, search ivf" in ivf.stdout
     a, b = (json.loads((tmp_path / x / "summary.json").read_text()) for x in ("exact", "ivf"))
     assert b["search"]["engine"] == "ivf" and b["search"]["n_rescored_exactly"] >= 40
+    assert b["search"]["nprobe"] == 8 and b["search"]["recall_target"] is None
     assert a["threshold"] == b["threshold"] and a["n_flagged"] == b["n_flagged"] >= 40
     flags = [pq.read_table(tmp_path / x / "pairs.parquet").filter(pa.compute.equal(pa.compute.field("rank"), 1))
              for x in ("exact", "ivf")]
     pairs = [{(r["synthetic_path"], r["real_path"]) for r in f.to_pylist() if r["leak"]} for f in flags]
     assert pairs[0] == pairs[1]
+
+
+def test_ivf_that_cannot_reach_its_recall_target_cheaply_says_so_and_searches_exactly(tables: dict,
+                                                                                      tmp_path: Path) -> None:
+    result = audit(tables, tmp_path / "o", "--search", "ivf")  # recall@1 target 0.99 on random vectors
+    assert result.returncode in (0, 1), result.stderr
+    s = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert s["search"]["engine"] == "exact" and s["search"]["recall_target"] == 0.99
+    assert s["search"]["check_sample"] == 1000 and s["search"]["sample_recall_at_1"] < 0.99
+    assert any(w.startswith("--search ivf: ivf gave way to exact search: recall@1") for w in s["warnings"])
+    assert s["n_flagged"] >= 40
 
 
 def test_a_plan_that_cannot_fit_is_refused_with_the_option_that_fits(tables: dict, tmp_path: Path) -> None:

@@ -73,7 +73,7 @@ def test_ivf_scores_are_exact_and_every_face_near_the_threshold_is_searched_exha
     q, g = planted(20_000, 2_000, 32, 50, 7)
     exact = topk(q, g, 5)
     threshold = 0.9
-    result = topk(q, g, 5, engine="ivf", bound=threshold - 0.05, nlist=64, nprobe=4)
+    result = topk(q, g, 5, engine="ivf", bound=threshold - 0.05, nlist=64, nprobe=4, recall=None)
     assert result.engine == "ivf" and not result.guaranteed  # random data: most queries uncertified
     certified = result.exact
     assert result.n_rescored >= 50 and certified[:50].all()
@@ -91,13 +91,45 @@ def test_ivf_certificate_holds_on_clustered_data_with_groups() -> None:
     centres = unit(40, 16, 11)
     g = l2_normalize(np.repeat(centres, 100, axis=0) + 0.05 * rng.standard_normal((4000, 16)))
     groups = np.repeat(np.arange(40), 100)
-    result = topk(g, g, 3, query_groups=groups, gallery_groups=groups, engine="ivf", nlist=40, nprobe=2)
+    result = topk(g, g, 3, query_groups=groups, gallery_groups=groups, engine="ivf", nlist=40, nprobe=2,
+                  recall=None)
     exact = topk(g, g, 3, query_groups=groups, gallery_groups=groups)
     assert result.exact.any()  # tight clusters: the bound proves some queries exact without re-search
     np.testing.assert_allclose(result.scores[result.exact], exact.scores[result.exact], atol=1e-5)
     found = result.indices >= 0
     assert not np.any((groups[result.indices] == groups[:, None]) & found)
     assert found[result.exact].all()  # a query short of k candidates is never called exact
+
+
+def test_ivf_raises_nprobe_until_the_recall_target_is_met_on_the_check_sample() -> None:
+    from idleak.search import TopK
+    from idleak.search_ivf import recall_at_1
+
+    rng = np.random.default_rng(3)
+    centres = unit(1000, 64, 4)  # 1,000 people, 20 gallery and 3 query faces each
+    g = l2_normalize(np.repeat(centres, 20, axis=0) + 0.1 * rng.standard_normal((20_000, 64)))
+    q = l2_normalize(np.repeat(centres, 3, axis=0) + 0.1 * rng.standard_normal((3_000, 64)))
+    exact = topk(q, g, 5)
+    assert recall_at_1(topk(q, g, 5, engine="ivf", nprobe=1, recall=None), exact) < 0.98  # nprobe 1 falls short
+    result = topk(q, g, 5, engine="ivf", nprobe=1, recall=0.99)
+    d = result.details
+    assert result.engine == "ivf" and "fallback" not in d and d["check_sample"] == 1000
+    assert d["nprobe"] > 1 and d["sample_recall_at_1"] >= 0.99
+    rest = np.flatnonzero(~result.exact)  # neither in the exactly searched sample nor certified by the bound
+    assert len(rest) >= 1000
+    assert recall_at_1(TopK(result.scores[rest], result.indices[rest]), TopK(exact.scores[rest], exact.indices[rest])) \
+        >= 0.98  # the sample's recall holds for the faces it did not see
+
+
+def test_ivf_gives_way_to_exact_search_when_the_recall_target_costs_as_much() -> None:
+    q, g = planted(20_000, 1_000, 32, 20, 9)  # random vectors: the nearest is one of many equally far points
+    exact = topk(q, g, 5)
+    result = topk(q, g, 5, engine="ivf", recall=0.99)
+    assert result.engine == "exact" and result.guaranteed and "recall@1" in result.details["fallback"]
+    assert result.details["sample_recall_at_1"] < 0.99
+    assert np.array_equal(result.indices, exact.indices)
+    asked = topk(q, g, 5, engine="ivf", nlist=64, nprobe=64, recall=0.99)  # an nprobe that scans everything
+    assert asked.engine == "exact" and "costs as much as exact search" in asked.details["fallback"]
 
 
 def test_torch_engine_on_cpu_equals_exact_search() -> None:

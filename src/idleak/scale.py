@@ -13,7 +13,7 @@ from pathlib import Path
 
 from idleak.errors import IdleakError
 from idleak.search import choose_engine
-from idleak.search_ivf import default_nlist, default_nprobe
+from idleak.search_ivf import IVF_SCAN_COST, default_nlist, default_nprobe
 
 #: exact top-k, query x gallery products per second at d=128 (bench_search: 32,768 x 1M in 80.9 s)
 EXACT_PAIRS_PER_S = 4.0e8
@@ -95,7 +95,7 @@ def search_seconds(n_query: int, n_gallery: int, dim: int, engine: str, rescore_
     probe = default_nprobe(nlist)
     train = 10 * min(n_gallery, 64 * nlist) * nlist * dim * 2 / FLOPS
     assign = (n_gallery + n_query) * nlist * dim * 2 / FLOPS
-    scan = n_query * n_gallery * probe / nlist * scale / EXACT_PAIRS_PER_S
+    scan = n_query * n_gallery * IVF_SCAN_COST * probe / nlist * scale / EXACT_PAIRS_PER_S  # lists cost more
     rescore = rescore_share * n_query * n_gallery * scale / EXACT_PAIRS_PER_S
     return train + assign + scan + rescore
 

@@ -26,12 +26,18 @@ again; on data whose threshold sits in the bulk of nearest-neighbour scores (ran
 are, and ivf costs about what exact search costs: decisions stay exact, the speed-up goes. A query
 left ``exact=False`` had an IVF best below ``bound_used``; the bench measures how often its true
 nearest is above the threshold (recall of flagged pairs vs exact search: 1.0 required).
+
+The same check sample sets ``nprobe`` for the top-k table: starting from the default (or the nprobe
+given), nprobe doubles until the sample's recall@1 reaches ``recall`` (default 0.99). When the nprobe
+needed would make ivf cost as much as exact search (``search_ivf.relative_cost`` >= 1: random vectors,
+whose "nearest" neighbour is one of many equally far points), exact search runs instead, and
+``TopK.details["fallback"]`` says why; ``recall=None`` keeps the nprobe given.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import faiss
 import numpy as np
@@ -40,6 +46,8 @@ from idleak.errors import IdleakError
 
 DEFAULT_BLOCK = 65_536
 DEFAULT_QUERY_CHUNK = 16_384
+#: ivf: default recall@1 target, measured on the exact check sample (None or 0: no target, nprobe as given)
+RECALL_TARGET = 0.99
 
 ProgressFn = Callable[[int, int], None]
 
@@ -55,7 +63,9 @@ class TopK:
     """Per query: ``scores`` (n, k) best first and gallery row ``indices`` (n, k); -1 where fewer exist.
 
     ``exact`` (n,) is True where the row is proven to be the exhaustive top-k (see the module doc);
-    ``engine`` is the engine that ran and ``n_rescored`` how many queries ivf searched again exactly.
+    ``engine`` is the engine that ran and ``n_rescored`` how many queries ivf searched again exactly;
+    ``details`` (ivf): nlist, the nprobe used, the recall@1 target and what the check sample reached,
+    and ``fallback`` when ivf gave way to exact search.
     """
 
     scores: np.ndarray
@@ -64,6 +74,7 @@ class TopK:
     engine: str = "exact"
     n_rescored: int = 0
     bound_used: float | None = None
+    details: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.exact is None:
@@ -118,12 +129,14 @@ def topk(
     nlist: int | None = None,
     nprobe: int | None = None,
     ray_address: str | None = None,
+    recall: float | None = RECALL_TARGET,
 ) -> TopK:
     """Top-``k`` gallery rows by inner product for every query (see the module doc for the engines).
 
     With ``query_groups``/``gallery_groups`` (integer group ids, -1 = no group), a gallery row is
     never returned for a query of the same group: leave-one-identity-out search, still exact.
     ``bound`` (ivf): queries whose best score reaches it are re-searched exhaustively.
+    ``recall`` (ivf): nprobe is raised until recall@1 on the exact check sample reaches it, else exact search.
     ``device`` (torch): "cpu" or "cuda"; "cuda" with engine exact or auto runs the torch engine.
     """
     engine = choose_engine(engine, len(queries), len(gallery))
@@ -136,7 +149,7 @@ def topk(
     if engine == "ivf":
         from idleak.search_ivf import ivf_topk
 
-        return ivf_topk(queries, gallery, k, bound=bound, nlist=nlist, nprobe=nprobe, **kwargs)
+        return ivf_topk(queries, gallery, k, bound=bound, nlist=nlist, nprobe=nprobe, recall=recall, **kwargs)
     if engine == "ray":
         from idleak.ray_engine import ray_topk
 

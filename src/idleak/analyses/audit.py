@@ -29,7 +29,7 @@ from idleak.decide.hubs import find_hubs
 from idleak.decide.scores import neighbours_needed
 from idleak.embedding import FaceSet
 from idleak.errors import IdleakError
-from idleak.search import ProgressFn, TopK, global_top_pairs, search_device, topk
+from idleak.search import RECALL_TARGET, ProgressFn, TopK, global_top_pairs, search_device, topk
 
 ProgressFactory = Callable[[str], ProgressFn]
 
@@ -41,9 +41,12 @@ class AuditOptions(DecisionOptions):
     top_k: int = 5
     top_pairs: int = 50
     exclude_children: bool = False
+    search_recall: float = RECALL_TARGET  # ivf: recall@1 the top-k table must reach on the check sample (0: none)
 
     def validate(self) -> None:
         super().validate()
+        if not 0 <= self.search_recall <= 1:
+            raise IdleakError(f"--search-recall must be between 0 and 1, got {self.search_recall}")
         if self.top_k < 1:
             raise IdleakError(f"--top-k must be at least 1, got {self.top_k}")
         if self.top_pairs < 0:
@@ -222,7 +225,9 @@ def run_audit(synthetic: FaceSet, real: FaceSet, model_id: str, options: AuditOp
     out.counts = identity_counts(out)
     out.counts["search"] = {"engine": result.engine, "device": options.device, "n_rescored_exactly": result.n_rescored,
                             "n_queries_exact": int(result.exact.sum()) if result.exact is not None else len(synthetic),
-                            "n_queries": len(synthetic), "rescore_bound": result.bound_used}
+                            "n_queries": len(synthetic), "rescore_bound": result.bound_used, **result.details}
+    if "fallback" in result.details:
+        out.warnings.append(f"--search {options.search}: {result.details['fallback']}")
     return out
 
 
@@ -249,7 +254,8 @@ def search_options(options: AuditOptions, null: Null) -> dict:
             close = part.raw[part.values >= t] if part.empirical else np.zeros(0)
             raws.append(float(close.min()) if len(close) else (t if part.score == "raw" else -1.0))
         bound = (min(raws) if raws else -1.0) - options.search_margin
-    return {"engine": options.search, "device": search_device(options.device), "bound": bound}
+    return {"engine": options.search, "device": search_device(options.device), "bound": bound,
+            "recall": options.search_recall or None}
 
 
 def check_holdout(real: FaceSet, holdout: FaceSet) -> None:

@@ -62,6 +62,7 @@ def register(app: typer.Typer) -> None:
         aligned_holdout: Annotated[bool, typer.Option("--aligned-holdout", help="Only HOLDOUT images are aligned crops.")] = False,
         fail_on_leak: Annotated[bool, typer.Option("--fail-on-leak", help="Exit with code 1 when the p-value is below alpha.")] = False,
         search: Annotated[str, typer.Option("--search", help="exact, ivf (FAISS IVF candidates; every face near the threshold searched again exactly) or auto (ivf for large sets).")] = "exact",
+        search_recall: Annotated[float, typer.Option("--search-recall", help="With ivf: nprobe is raised until recall@1 of the top-k table, measured on 1,000 faces searched exactly, reaches this; exact search when that costs as much (0: no target).")] = 0.99,
         engine: Engine = "local",
         ray_address: RayAddress = None,
         cache: Cache = None,
@@ -87,7 +88,7 @@ def register(app: typer.Typer) -> None:
 
         options = AuditOptions(alpha=alpha, top_k=top_k, method=method, score=score, threshold=threshold, fmr=fmr,
                                exclude_children=exclude_children, search=search, device=device, engine=engine,
-                               ray_address=ray_address, strata=strata)
+                               ray_address=ray_address, strata=strata, search_recall=search_recall)
         with RichProgress() as progress:
             result = audit(synthetic, real, out_dir, model=model, cache=cache, options=options, exclude=exclude,
                            faces=faces, aligned_synthetic=aligned or aligned_synthetic,
