@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
+from scipy.signal import fftconvolve
 
 
 # -- per-face ---------------------------------------------------------------------------------------
@@ -100,22 +101,31 @@ def count_p_value_strata(n_flagged: int, ns: list[int], ms: list[int | None], le
     """P(sum_s K_s >= n_flagged), K_s the flags of ``ns[s]`` faces against stratum s's null of ``ms[s]``.
 
     Each stratum's K_s is beta-binomial (finite null) or binomial (``ms[s]`` None: an exact rate); the
-    strata's nulls are disjoint, so the K_s are independent and their law is the convolution.
+    strata's nulls are disjoint, so the K_s are independent. The largest stratum enters through its
+    survival function, the others through their convolved pmf (no cost quadratic in the largest).
     """
     if n_flagged <= 0:
         return 1.0
-    pmf = np.ones(1)
-    for n, m in zip(ns, ms):
-        if n == 0:
-            continue
-        support = np.arange(n + 1)
+
+    def law(n: int, m: int | None):
         if m is None:
-            part = stats.binom.pmf(support, n, min(1.0, level))
-        else:
-            j = rank_of_level(m, level)
-            part = stats.betabinom.pmf(support, n, j, m - j + 1) if j >= 1 else (support == 0).astype(float)
-        pmf = np.convolve(pmf, part)
-    return float(np.clip(pmf[n_flagged:].sum(), 0.0, 1.0))
+            return stats.binom(n, min(1.0, level))
+        j = rank_of_level(m, level)
+        return stats.betabinom(n, j, m - j + 1) if j >= 1 else None  # None: never flagged
+
+    parts = sorted([(n, m) for n, m in zip(ns, ms) if n > 0], key=lambda nm: -nm[0])
+    if not parts:
+        return 1.0
+    rest = np.ones(1)
+    for n, m in parts[1:]:
+        dist = law(n, m)
+        pmf = dist.pmf(np.arange(n + 1)) if dist is not None else np.eye(1, n + 1).ravel()
+        rest = np.clip(fftconvolve(rest, pmf), 0.0, 1.0) if len(rest) > 1 and n > 1 else np.convolve(rest, pmf)
+    largest = law(*parts[0])
+    t = np.arange(len(rest))
+    need = n_flagged - t  # the largest stratum must give at least this many
+    tail = np.where(need <= 0, 1.0, largest.sf(need - 1) if largest is not None else 0.0)
+    return float(np.clip(np.sum(rest * tail), 0.0, 1.0))
 
 
 def count_p_value_exact_rate(n_flagged: int, n: int, rate: float) -> float:
