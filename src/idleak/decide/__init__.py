@@ -435,7 +435,8 @@ def judge(values: np.ndarray, null: Null, clusters: np.ndarray, how: str, alpha:
     low, high = stats.proportion_interval(k, n_decided)
     face_test = {"n": n_decided, "n_flagged": k, "expected_by_chance": alpha_eff * n_decided, "p_value": face_p,
                  "flagged_fraction_ci95": [low, high],
-                 "test": "beta-binomial (finite null)" if null.empirical else "binomial (exact rate)",
+                 "test": ("beta-binomial (finite null)" if null.empirical else "binomial (exact rate)")
+                 + (", one per apparent-age stratum, convolved" if len(kept) > 1 else ""),
                  "assumes": "independent faces; see the cluster test for faces of one identity"}
     # the cluster tests run on the decided faces; a cluster of set-aside faces only is not counted
     _, sub_clusters = np.unique(clusters[decided], return_inverse=True)
