@@ -116,6 +116,7 @@ def _dataset_summary(result: DatasetLookup, source: Source, prepared) -> dict:
         "method": result.threshold.method if result.threshold else "none",
         "method_text": METHOD_TEXT[result.threshold.method] if result.threshold else "no faces to compare with",
         "alpha_per_photo": result.alpha_per_photo,
+        "n_photos_undecided": result.n_photos_undecided,
         "threshold_details": result.threshold.details if result.threshold else {},
         "closest": result.closest,
     }
