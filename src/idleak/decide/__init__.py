@@ -120,6 +120,12 @@ class Null:
             return np.zeros(0, np.int64)
         return (child_probability(vectors, self.stratifier) >= CHILD_STRATUM_PROBABILITY).astype(np.int64)
 
+    @property
+    def main(self) -> Null:
+        """The null adults are decided against: the adult stratum's, or the whole null when not stratified.
+        Its size, resolution and threshold are the ones to report (the child stratum has its own)."""
+        return self if self.covered is None else (self.part(0) or self)
+
     def part(self, stratum: int) -> Null | None:
         """The null restricted to one stratum (None: this null holds nothing of it)."""
         if self.covered is None:
@@ -585,21 +591,22 @@ class GalleryDecider:
 
     @property
     def resolvable(self) -> bool:
-        return self.null.kind == "manual" or self.null.resolution() <= self.level
+        return self.null.kind == "manual" or self.null.main.resolution() <= self.level
 
     @property
     def value(self) -> float:
         """The threshold on the statistic at this decider's level (+inf when the null cannot resolve it)."""
-        return self.null.threshold(self.level)
+        return self.null.main.threshold(self.level)
 
     @property
     def details(self) -> dict:
         out = dict(self.null.details)
-        out.update({"score": self.null.score, "level": self.level, "resolution": self.null.resolution(),
-                    "null_size": self.null.m})
+        main = self.null.main
+        out.update({"score": self.null.score, "level": self.level, "resolution": main.resolution(),
+                    "null_size": main.m})
         if not self.resolvable:
-            out["warning"] = (f"the null ({self.null.m} values) resolves levels down to "
-                              f"{self.null.resolution():.3g}, not {self.level:.3g}: nothing can be flagged at that "
+            out["warning"] = (f"the null ({main.m} values) resolves levels down to "
+                              f"{main.resolution():.3g}, not {self.level:.3g}: nothing can be flagged at that "
                               "rate; give a larger labelled gallery")
         return out
 
@@ -715,8 +722,8 @@ def decision_summary(decision: Decision) -> dict:
         "threshold_scale": "cosine similarity" if null.score == "raw" else "density-scaled similarity (csls)",
         "alpha": decision.alpha,
         "alpha_effective": decision.alpha_effective,
-        "null": {"kind": null.kind, "size": null.m, "gallery_size": null.gallery_size,
-                 "smallest_resolvable_level": null.resolution(), **null.details},
+        "null": {"kind": null.kind, "size": null.main.m, "gallery_size": null.gallery_size,
+                 "smallest_resolvable_level": null.main.resolution(), **null.details},
         "decision_level": decision.cluster_test.get("level"),
         "face_level": decision.face_test,
         "identity_level": decision.cluster_test,

@@ -302,7 +302,7 @@ def _gate_summary(decision: GateDecision, threshold: GalleryDecider, options: Ga
         "score": threshold.null.score,
         "threshold_details": threshold.details,
         "limits": (f"Each synthetic face of a stranger is rejected with probability at most "
-                   f"{max(options.alpha, threshold.null.resolution()):.3g} ({METHOD_TEXT[threshold.method]})."
+                   f"{max(options.alpha, threshold.null.main.resolution()):.3g} ({METHOD_TEXT[threshold.method]})."
                    if threshold.method != "manual" else "A threshold given by hand has no stated error rate."),
         "n_real_faces": len(ref.faces),
         "n_real_images": len(real_source.records),
