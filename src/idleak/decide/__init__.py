@@ -465,8 +465,9 @@ def judge(values: np.ndarray, null: Null, clusters: np.ndarray, how: str, alpha:
                             "independent given the null" + (", finite-null mixture" if null.empirical else "")
                             + ") and the strongest cluster (Bonferroni over clusters); alpha split between the two"}
     # the smallest p-value each face could reach: can the tests reach alpha at all?
-    smallest = np.array([1.0 / (kept[s].m + 1) if kept[s].m is not None else 0.0
-                         for s in sub_strata]) if n_decided else np.zeros(0)
+    floor = {s: 1.0 / (m + 1) if m is not None else 0.0 for s, m in sizes.items()}  # per stratum
+    smallest = np.array([floor.get(s, 0.0) for s in range(max(floor, default=0) + 1)])[sub_strata] \
+        if n_decided else np.zeros(0)
     best_count = stats.cluster_test(smallest, sub_clusters, level, m_main, draws=500, seed=seed,
                                     strata=sub_strata, stratum_sizes=sizes or {0: m_main}).p_value \
         if n_decided else 1.0
