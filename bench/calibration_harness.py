@@ -140,7 +140,7 @@ def _decide(syn, syn_ids, real, real_ids, options, holdout=None, holdout_ids=Non
 def face_cell(name: str, vectors: np.ndarray, identities: np.ndarray, alpha: float, reps: int, score: str = "auto",
               holdout: bool = False, leak_ids: int = 0, min_photos: int = 2, seed: int = 0,
               strangers: tuple[np.ndarray, np.ndarray] | None = None, max_people: int | None = None,
-              strata: str = "age") -> Cell:
+              strata: str = "age", model_id: str | None = None) -> Cell:
     """Random identity splits of one population: half REAL, half SYN strangers (or ``strangers`` from
     another population); with ``holdout`` a third part is the holdout; ``leak_ids`` REAL people give
     their other photos to SYN (recall)."""
@@ -180,7 +180,8 @@ def face_cell(name: str, vectors: np.ndarray, identities: np.ndarray, alpha: flo
         if max_people is not None:  # the people not drawn this time are in no part
             drawn = set(order)
             real_mask &= np.array([i in drawn for i in ids])
-        decision = _decide(syn, syn_ids, vectors[real_mask], ids[real_mask], options, hold, hold_ids, seed=r)
+        decision = _decide(syn, syn_ids, vectors[real_mask], ids[real_mask], options, hold, hold_ids, seed=r,
+                           model_id=model_id)
         if leak_ids:
             is_leak = np.array([str(i).startswith("leak_") for i in syn_ids])
             planted += leak_ids

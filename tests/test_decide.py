@@ -129,13 +129,15 @@ def test_real_faces_false_leak_rate_loio_and_holdout(real_faces, planted: dict, 
     vectors, ids = real_faces
     lfw = np.array([str(i).startswith("lfw_") for i in ids])
     for holdout in (False, True):
-        cell = harness.face_cell("LFW", vectors[lfw], ids[lfw], 0.05, reps=40, holdout=holdout, min_photos=1, seed=7)
+        cell = harness.face_cell("LFW", vectors[lfw], ids[lfw], 0.05, reps=40, holdout=holdout, min_photos=1, seed=7,
+                                 model_id=workspace.model_id)  # the product's default: apparent-age strata
         assert within_sampling_error(cell.false_leaks, cell.reps, 0.05), cell
     # another population: grey studio strangers (ORL s21-40) against the in-the-wild + ORL gallery
     strangers = workspace.prepare(planted["syn"], "SYN").faces
     keep = np.array([str(i).startswith("stranger_") for i in strangers.identities])
     cell = harness.face_cell("LFW+ORL vs ORL strangers", vectors, ids, 0.05, reps=40, min_photos=1, seed=8,
-                             strangers=(strangers.vectors[keep], strangers.identities[keep]))
+                             strangers=(strangers.vectors[keep], strangers.identities[keep]),
+                             model_id=workspace.model_id)
     assert within_sampling_error(cell.false_leaks, cell.reps, 0.05), cell
 
 
@@ -182,7 +184,7 @@ def test_manual_threshold_flags_without_a_verdict() -> None:
     assert d.verdict == "not_tested" and "no stated error rate" in d.limits
 
 
-def test_gate_and_lookup_decider_false_match_rate_on_leak_free_data(real_faces) -> None:
+def test_gate_and_lookup_decider_false_match_rate_on_leak_free_data(real_faces, workspace) -> None:
     """GalleryDecider (gate per face at alpha, lookup at alpha / P photos): strangers pass at most alpha."""
     vectors, ids = real_faces
     lfw = np.array([str(i).startswith("lfw_") for i in ids])
@@ -192,11 +194,11 @@ def test_gate_and_lookup_decider_false_match_rate_on_leak_free_data(real_faces) 
     for _ in range(reps):
         order = rng.permutation(len(v))
         gallery, strangers = order[:350], order[350:]
-        decider = GalleryDecider.build(v[gallery], people[gallery], "none", DecisionOptions(alpha=alpha))
+        decider = GalleryDecider.build(v[gallery], people[gallery], workspace.model_id, DecisionOptions(alpha=alpha))
         _, _, _, flagged, _ = decider.decide(v[strangers])
         gate_false += int(flagged.sum())
         faces += len(strangers)
-        person = GalleryDecider.build(v[gallery], people[gallery], "none", DecisionOptions(alpha=alpha),
+        person = GalleryDecider.build(v[gallery], people[gallery], workspace.model_id, DecisionOptions(alpha=alpha),
                                       level=alpha / 3, score="raw")
         _, _, _, hit, _ = person.decide(v[rng.choice(strangers, 3, replace=False)])  # 3 "photos" of a stranger
         lookup_false += bool(hit.any())
