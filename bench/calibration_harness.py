@@ -279,18 +279,15 @@ def face_cells(stores: str, reps: int, max_people: int = 600) -> list[Cell]:
     if have("store-utk"):
         from idleak.store import EmbeddingStore
 
-        rows = EmbeddingStore.open(os.path.join(stores, "store-utk")).rows()
-        ok = np.array([r is None for r in rows.reason]) & (rows.face == 0)
-        ages = np.array([int(os.path.basename(str(p)).split("_")[0]) for p in rows.path[ok]])
-        child = ages < 13
-        others["UTKFace children (<13)"] = (rows.vectors[ok][child],
-                                            np.array([f"utk{k}" for k in range(child.sum())], dtype=object))
+        utk, ages = load_utk(os.path.join(stores, "store-utk"))
+        children = utk[ages < 13]
+        others["UTKFace children (<13)"] = (children, np.array([f"utk{k}" for k in range(len(children))], dtype=object))
         # what --exclude-children leaves of them: the children the age model takes for adults
         from idleak.age import is_child
 
-        kept = ~is_child(rows.vectors[ok][child], EmbeddingStore.open(os.path.join(stores, "store-utk")).model_id)
+        kept = ~is_child(children, EmbeddingStore.open(os.path.join(stores, "store-utk")).model_id)
         others["UTKFace children left by --exclude-children"] = (
-            rows.vectors[ok][child][kept], np.array([f"utkx{k}" for k in range(kept.sum())], dtype=object))
+            children[kept], np.array([f"utkx{k}" for k in range(kept.sum())], dtype=object))
     for alpha in (0.05, 0.01):
         for score in ("raw", "csls"):
             for holdout in (False, True):
@@ -321,11 +318,9 @@ def children_cells(stores: str, reps: int) -> list[Cell]:
     global MODEL_ID
     lfw = load_store(os.path.join(stores, "store-lfw"))
     MODEL_ID = EmbeddingStore.open(os.path.join(stores, "store-lfw")).model_id
-    rows = EmbeddingStore.open(os.path.join(stores, "store-utk")).rows()
-    ok = np.array([r is None for r in rows.reason]) & (rows.face == 0)
-    ages = np.array([int(os.path.basename(str(p)).split("_")[0]) for p in rows.path[ok]])
-    children = rows.vectors[ok][ages < 13]
-    adults = rows.vectors[ok][(ages >= 20) & (ages < 60)][:1500]
+    utk, ages = load_utk(os.path.join(stores, "store-utk"))
+    children = utk[ages < 13]
+    adults = utk[(ages >= 20) & (ages < 60)][:1500]
     strangers = (children, np.array([f"utk{k}" for k in range(len(children))], dtype=object))
     cells: list[Cell] = []
 
@@ -349,6 +344,17 @@ def children_cells(stores: str, reps: int) -> list[Cell]:
         for lfw_people in (0, 400):
             show(children_in_real_cell(lfw, adults, alpha, reps, lfw_people=lfw_people, label="UTKFace adults"))
     return cells
+
+
+def load_utk(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """Vectors and ages of a store made from UTKFace (the age is the file name's first number)."""
+    import os
+
+    from idleak.store import EmbeddingStore
+
+    rows = EmbeddingStore.open(path).rows()
+    ok = np.array([r is None for r in rows.reason]) & (rows.face == 0)
+    return rows.vectors[ok], np.array([int(os.path.basename(str(p)).split("_")[0]) for p in rows.path[ok]])
 
 
 def load_store(path: str, aligned: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
