@@ -277,8 +277,6 @@ def face_cells(stores: str, reps: int, max_people: int = 600) -> list[Cell]:
             v, i = load_store(os.path.join(stores, name))
             others[label] = (v, np.array([f"{label}_{x}" for x in i], dtype=object))
     if have("store-utk"):
-        from idleak.store import EmbeddingStore
-
         utk, ages = load_utk(os.path.join(stores, "store-utk"))
         children = utk[ages < 13]
         others["UTKFace children (<13)"] = (children, np.array([f"utk{k}" for k in range(len(children))], dtype=object))
