@@ -167,7 +167,7 @@ def test_hubs_in_leak_free_data_are_rare_with_the_real_vs_real_baseline() -> Non
 # -- bad input and manual thresholds --------------------------------------------------------------------
 def test_options_out_of_range_are_one_line_errors() -> None:
     for bad in (dict(alpha=0), dict(alpha=1.5), dict(threshold=2.0), dict(method="fmr"), dict(score="z"),
-                dict(fmr=0.0), dict(cohort=1)):
+                dict(fmr=0.0), dict(cohort=1), dict(strata="sex")):
         with pytest.raises(IdleakError):
             DecisionOptions(**bad).validate()
 
