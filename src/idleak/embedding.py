@@ -144,8 +144,9 @@ def timed_rows(embedder: Embedder, path: str, content_hash: str, identity: str |
     if threading.current_thread() is not threading.main_thread():
         return image_rows(embedder, path, content_hash, identity, aligned, embed=embed)
     previous = signal.signal(signal.SIGALRM, _on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
+        # armed inside the try: a one-shot alarm that fires at once (a tiny limit) is still caught
+        signal.setitimer(signal.ITIMER_REAL, seconds)
         return image_rows(embedder, path, content_hash, identity, aligned, embed=embed)
     except _FileTimeout:
         return [{"hash": content_hash, "aligned": aligned, "path": path, "identity": identity, "face": -1,
