@@ -12,6 +12,10 @@ statistics and tests the audit uses. Three families of cells:
 * ``faces``: real embeddings of the photos in ../shared/data/faces, split by identity into REAL,
   SYN strangers and HOLDOUT at random in every repetition; planted leaks (other photos of REAL
   people) measure recall.
+* ``children``: young children (UTKFace) against adults and other children, with and without the
+  apparent-age strata.
+* ``population``: REAL mixing two populations (LFW + UTKFace) and SYN strangers of one, with the
+  population-weighted null (the default) and the pooled one (``--reweight none``).
 
     python bench/calibration_harness.py --size small            # what CI runs (tests/test_decide.py)
     python bench/calibration_harness.py --size full --out bench/calibration.md
@@ -89,11 +93,12 @@ def _population(rng: np.random.Generator, n_ids: int, per_id: int, dim: int, spr
     return (faces / np.linalg.norm(faces, axis=1, keepdims=True)).astype(np.float32)
 
 
-def vector_cell(score: str, alpha: float, reps: int, dim: int = 64, seed: int = 0, leak: bool = False) -> Cell:
-    """REAL: 150 spread people + 50 dense people (x5 photos); SYN: 40 dense strangers (x5)."""
+def vector_cell(score: str, alpha: float, reps: int, dim: int = 64, seed: int = 0, leak: bool = False,
+                reweight: str = "population", strangers: int = 40) -> Cell:
+    """REAL: 150 spread people + 50 dense people (x5 photos); SYN: ``strangers`` dense strangers (x5)."""
     rng = np.random.default_rng(seed)
     false, found, planted = 0, 0, 0
-    options = DecisionOptions(alpha=alpha, score=score, seed=seed)
+    options = DecisionOptions(alpha=alpha, score=score, seed=seed, reweight=reweight)
     start = time.perf_counter()
     for r in range(reps):
         centre = rng.standard_normal(dim)
@@ -102,7 +107,7 @@ def vector_cell(score: str, alpha: float, reps: int, dim: int = 64, seed: int = 
         dense_real = _population(rng, 50, 5, dim, 0.6, centre)
         real = np.concatenate([spread_real, dense_real])
         real_ids = np.array([f"r{i // 5}" for i in range(len(real))], dtype=object)
-        syn = _population(rng, 40, 5, dim, 0.6, centre)
+        syn = _population(rng, strangers, 5, dim, 0.6, centre)
         syn_ids = np.array([f"s{i // 5}" for i in range(len(syn))], dtype=object)
         if leak:  # 10 synthetic identities are new photos of dense REAL people
             people = rng.choice(50, 10, replace=False)
@@ -116,7 +121,8 @@ def vector_cell(score: str, alpha: float, reps: int, dim: int = 64, seed: int = 
             found += int(len(np.unique(decision.clusters[:50][decision.flagged[:50]])))
         else:
             false += decision.verdict == "leak"
-    name = f"dense strangers vs mixed REAL, score {score}" + (" (10 leaked ids)" if leak else "")
+    name = (f"{strangers} dense strangers vs mixed REAL, score {score}, reweight {reweight}"
+            + (" (10 leaked ids)" if leak else ""))
     return Cell("vectors", name, alpha, reps, false, found / planted if leak else None, time.perf_counter() - start)
 
 
@@ -132,7 +138,7 @@ def _decide(syn, syn_ids, real, real_ids, options, holdout=None, holdout_ids=Non
     k = min(len(real), neighbours_needed(score, options.cohort))
     top = topk(syn, real, k)
     null = build_null(real, real_ids, model_id, options, method, score, queries=syn, holdout=holdout,
-                      holdout_identities=holdout_ids)
+                      holdout_identities=holdout_ids, query_identities=syn_ids)
     return decide_queries(syn, syn_ids, top, null, real_ids, options)
 
 
@@ -140,7 +146,7 @@ def _decide(syn, syn_ids, real, real_ids, options, holdout=None, holdout_ids=Non
 def face_cell(name: str, vectors: np.ndarray, identities: np.ndarray, alpha: float, reps: int, score: str = "auto",
               holdout: bool = False, leak_ids: int = 0, min_photos: int = 2, seed: int = 0,
               strangers: tuple[np.ndarray, np.ndarray] | None = None, max_people: int | None = None,
-              strata: str = "age", model_id: str | None = None) -> Cell:
+              strata: str = "age", model_id: str | None = None, reweight: str = "population") -> Cell:
     """Random identity splits of one population: half REAL, half SYN strangers (or ``strangers`` from
     another population); with ``holdout`` a third part is the holdout; ``leak_ids`` REAL people give
     their other photos to SYN (recall)."""
@@ -148,7 +154,7 @@ def face_cell(name: str, vectors: np.ndarray, identities: np.ndarray, alpha: flo
     ids = np.asarray(identities, dtype=object)
     people, counts = np.unique(ids, return_counts=True)
     people = people[counts >= min_photos]
-    options = DecisionOptions(alpha=alpha, score=score, strata=strata)
+    options = DecisionOptions(alpha=alpha, score=score, strata=strata, reweight=reweight)
     false, found, planted, undecided = 0, 0, 0, 0
     by_photos: dict[int, tuple[int, int]] = {}
     start = time.perf_counter()
@@ -195,7 +201,7 @@ def face_cell(name: str, vectors: np.ndarray, identities: np.ndarray, alpha: flo
             false += decision.verdict == "leak"
             undecided += decision.verdict == "too_few_to_decide"
     what = (f"{name}, {'holdout' if holdout else 'loio'} null, score {score}" + (f", {leak_ids} leaked ids" if leak_ids else "")
-            + ("" if strata == "age" else f", strata {strata}"))
+            + ("" if strata == "age" else f", strata {strata}") + f", reweight {reweight}")
     return Cell("faces", what, alpha, reps, false, found / planted if leak_ids else None, time.perf_counter() - start,
                 undecided, dict(sorted(by_photos.items())) if leak_ids else None)
 
@@ -206,7 +212,7 @@ LINK_SAME_PHOTO = 0.99
 
 def children_in_real_cell(lfw: tuple[np.ndarray, np.ndarray], children: np.ndarray, alpha: float, reps: int,
                           strata: str = "age", lfw_people: int = 400, seed: int = 0, leak: int = 0,
-                          holdout: bool = False, label: str = "UTKFace children") -> Cell:
+                          holdout: bool = False, label: str = "UTKFace children", reweight: str = "population") -> Cell:
     """REAL holds adults (LFW) *and* young children (half of UTKFace's); SYN is strangers: the other half
     of the children. UTKFace has no identity labels and holds re-uploads of one photo: children linked
     above ``LINK_SAME_PHOTO`` count as one identity (split together). With ``leak``, SYN also gets that
@@ -220,7 +226,7 @@ def children_in_real_cell(lfw: tuple[np.ndarray, np.ndarray], children: np.ndarr
     child_id, _ = synthetic_clusters(children, np.full(len(children), None, dtype=object), LINK_SAME_PHOTO,
                                      DecisionOptions())
     groups = np.unique(child_id)
-    options = DecisionOptions(alpha=alpha, strata=strata)
+    options = DecisionOptions(alpha=alpha, strata=strata, reweight=reweight)
     false, undecided, found, planted = 0, 0, 0, 0
     start = time.perf_counter()
     for r in range(reps):
@@ -253,7 +259,7 @@ def children_in_real_cell(lfw: tuple[np.ndarray, np.ndarray], children: np.ndarr
             undecided += decision.verdict == "too_few_to_decide"
     name = ((f"LFW ({lfw_people} people) + " if lfw_people else "") + f"{label} REAL vs {label} "
             f"strangers, {'holdout' if holdout else 'loio'} null, strata {strata}"
-            + (f", {leak} near-copies of REAL children" if leak else ""))
+            + (f", {leak} near-copies of REAL children" if leak else "") + f", reweight {reweight}")
     return Cell("faces", name, alpha, reps, false, found / planted if leak else None, time.perf_counter() - start,
                 undecided)
 
@@ -344,6 +350,44 @@ def children_cells(stores: str, reps: int) -> list[Cell]:
     return cells
 
 
+def population_cells(stores: str, reps: int) -> list[Cell]:
+    """Population weights (``--reweight population``, the default) against the pooled null (``none``):
+    REAL mixing two populations, strangers of one; one population; strangers of a population REAL
+    lacks; planted leaks (recall)."""
+    import os
+
+    from idleak.store import EmbeddingStore
+
+    global MODEL_ID
+    lfw = load_store(os.path.join(stores, "store-lfw"))
+    MODEL_ID = EmbeddingStore.open(os.path.join(stores, "store-lfw")).model_id
+    utk, ages = load_utk(os.path.join(stores, "store-utk"))
+    children = utk[ages < 13]
+    adults = utk[(ages >= 20) & (ages < 60)][:1500]
+    orl = load_store(os.path.join(stores, "store-orl"))
+    strangers = {"UTKFace adults": (adults, np.array([f"utka{k}" for k in range(len(adults))], dtype=object)),
+                 "ORL": (orl[0], np.array([f"ORL_{x}" for x in orl[1]], dtype=object))}
+    cells: list[Cell] = []
+
+    def show(cell: Cell) -> None:
+        cells.append(cell)
+        extra = f" {cell.recall_by}" if cell.recall_by else ""
+        print(table([cell]).splitlines()[-1] + extra, flush=True)
+
+    for alpha in (0.05, 0.01):
+        for reweight in ("none", "population"):
+            show(children_in_real_cell(lfw, adults, alpha, reps, lfw_people=400, label="UTKFace adults",
+                                       reweight=reweight))
+            show(children_in_real_cell(lfw, children, alpha, reps, lfw_people=400, reweight=reweight))
+            show(face_cell("LFW", *lfw, alpha, reps, min_photos=1, max_people=600, reweight=reweight))
+            show(face_cell("LFW", *lfw, alpha, max(5, reps // 5), leak_ids=30, max_people=600, reweight=reweight))
+            for label, people in strangers.items():
+                show(face_cell(f"LFW REAL vs {label} strangers", *lfw, alpha, reps, min_photos=1, strangers=people,
+                               max_people=600, reweight=reweight))
+        show(children_in_real_cell(lfw, adults, alpha, reps, lfw_people=0, label="UTKFace adults"))
+    return cells
+
+
 def load_utk(path: str) -> tuple[np.ndarray, np.ndarray]:
     """Vectors and ages of a store made from UTKFace (the age is the file name's first number)."""
     import os
@@ -405,6 +449,8 @@ def main(argv: list[str] | None = None) -> int:
         cells += face_cells(args.stores, reps if full else 20, args.max_people)
     if args.stores and "children" in families:
         cells += children_cells(args.stores, reps if full else 20)
+    if args.stores and "population" in families:
+        cells += population_cells(args.stores, reps if full else 20)
     text = table(cells)
     if args.out:
         with open(args.out, "w") as handle:

@@ -167,7 +167,7 @@ def test_hubs_in_leak_free_data_are_rare_with_the_real_vs_real_baseline() -> Non
 # -- bad input and manual thresholds --------------------------------------------------------------------
 def test_options_out_of_range_are_one_line_errors() -> None:
     for bad in (dict(alpha=0), dict(alpha=1.5), dict(threshold=2.0), dict(method="fmr"), dict(score="z"),
-                dict(fmr=0.0), dict(cohort=1), dict(strata="sex")):
+                dict(fmr=0.0), dict(cohort=1), dict(strata="sex"), dict(reweight="labels")):
         with pytest.raises(IdleakError):
             DecisionOptions(**bad).validate()
 
@@ -270,8 +270,8 @@ def test_children_against_a_gallery_of_adults_are_set_aside_on_real_faces(real_f
     syn_ids = np.array([f"child{k}" for k in range(len(children))], dtype=object)
     stratified = harness._decide(children, syn_ids, vectors, ids, DecisionOptions(alpha=0.05),
                                  model_id=workspace.model_id)
-    pooled = harness._decide(children, syn_ids, vectors, ids, DecisionOptions(alpha=0.05, strata="none"),
-                             model_id=workspace.model_id)
+    pooled = harness._decide(children, syn_ids, vectors, ids,
+                             DecisionOptions(alpha=0.05, strata="none", reweight="none"), model_id=workspace.model_id)
     assert len(children) >= 55
     assert pooled.flagged.mean() > 3 * 0.05, pooled.flagged.mean()  # adults' null does not hold for children
     assert stratified.set_aside.mean() >= 0.85 and not stratified.flagged[stratified.set_aside].any()
@@ -311,3 +311,93 @@ def test_population_warning_when_most_synthetic_faces_sit_above_the_null() -> No
     denser = judge(1.5 + rng.standard_normal(500), null, np.arange(500), "identity", 0.01)
     assert 0.4 < same.details["median_p"] < 0.6 and population_warning(same) == []
     assert denser.details["median_p"] < 0.25 and "median p-value" in population_warning(denser)[0]
+
+
+# -- population weights (a REAL mixing populations) ---------------------------------------------------------
+def test_weighted_conformal_p_values_hold_under_covariate_shift_where_unweighted_ones_do_not() -> None:
+    """Null from a 50/50 mixture of a sparse and a dense population, strangers from the dense one only:
+    with the true likelihood ratios as weights, P(p <= a) <= a; without, it is not."""
+    rng = np.random.default_rng(21)
+    m, reps, a = 400, 400, 0.05
+    hits = {"weighted": 0, "unweighted": 0}
+    for _ in range(reps):
+        dense = rng.random(m) < 0.5
+        null = np.where(dense, 1.0, 0.0) + rng.standard_normal(m)  # the dense population scores higher
+        weights = np.where(dense, 2.0, 0.0) + 1e-9  # p_SYN / p_REAL: 1 / 0.5 for dense, 0 for sparse
+        s = 1.0 + rng.standard_normal(20)
+        hits["weighted"] += int((ds.conformal_p_values(s, null, None, weights, np.full(20, 2.0)) <= a).sum())
+        hits["unweighted"] += int((ds.conformal_p_values(s, null) <= a).sum())
+    n = reps * 20
+    assert hits["weighted"] <= sps.binom.ppf(0.999, n, a), hits
+    assert hits["unweighted"] > 1.5 * a * n, hits  # the control: the pooled null is far too lenient (9.4%)
+
+
+def test_population_weights_hold_alpha_for_strangers_of_one_part_of_a_mixed_real() -> None:
+    """Simulation through the whole decision path: REAL mixes 150 spread and 50 mutually similar people,
+    SYN is 150 strangers of the similar population. The pooled null fails, the weighted one holds."""
+    pooled = harness.vector_cell("raw", 0.05, reps=40, seed=5, reweight="none", strangers=150)
+    assert not within_sampling_error(pooled.false_leaks, pooled.reps, 0.05), pooled  # the control fails
+    weighted = harness.vector_cell("raw", 0.05, reps=40, seed=5, strangers=150)
+    assert within_sampling_error(weighted.false_leaks, weighted.reps, 0.05), weighted
+    leaks = harness.vector_cell("raw", 0.05, reps=5, seed=6, leak=True, strangers=150)
+    assert leaks.recall >= 0.9, leaks
+
+
+@pytest.fixture(scope="module")
+def utk_adults(faces_root: Path, workspace):
+    """Embeddings of 1,000 UTKFace photos of adults (20-59): web photos, a denser population than LFW's."""
+    from idleak.sources import Record, Source
+
+    utk = faces_root.parent / "ages" / "utkface"
+    assert utk.is_dir(), f"UTKFace not found at {utk}"
+    chosen = [p for p in sorted(utk.glob("*.jpg")) if 20 <= int(p.name.split("_", 1)[0]) < 60][:1000]
+    return workspace.prepare(Source("utk", "manifest", [Record(str(p), None) for p in chosen]), "SYN").faces
+
+
+@pytest.mark.slow
+def test_population_weights_hold_alpha_on_real_faces_of_a_mixed_real(real_faces, utk_adults, workspace) -> None:
+    """REAL = the planted gallery (LFW + ORL people) + half of the UTKFace adults; SYN = the other half
+    (strangers). The pooled leave-one-identity-out null gives false 'leak' verdicts far beyond alpha;
+    weighted to SYN's population it holds. One population alone is left unweighted."""
+    vectors, ids = real_faces
+    utk = utk_adults.vectors
+    false = {"none": 0, "population": 0}
+    reps = 30
+    for r in range(reps):
+        order = np.random.default_rng(100 + r).permutation(len(utk))
+        half = len(utk) // 2
+        real = np.concatenate([vectors, utk[order[:half]]])
+        real_ids = np.concatenate([ids, np.array([f"utk{k}" for k in order[:half]], dtype=object)])
+        syn_ids = np.array([f"s{k}" for k in order[half:]], dtype=object)
+        for reweight in false:
+            decision = harness._decide(utk[order[half:]], syn_ids, real, real_ids,
+                                       DecisionOptions(alpha=0.05, reweight=reweight), seed=r,
+                                       model_id=workspace.model_id)
+            false[reweight] += decision.verdict == "leak"
+    assert not within_sampling_error(false["none"], reps, 0.05), false  # the control fails
+    assert within_sampling_error(false["population"], reps, 0.05), false
+    # one population (LFW people against other LFW people): nothing to reweight, the null keeps its size
+    from idleak.decide.population import population_weights
+
+    lfw = np.flatnonzero([str(i).startswith("lfw_") for i in ids])
+    same = population_weights(vectors[lfw[::2]], vectors[lfw[1::2]], seed=3)
+    assert same.estimator == "none" and np.all(same.weights == 1), same.estimator
+
+
+def test_audit_says_when_syn_is_a_population_real_holds_little_of(planted: dict, workspace) -> None:
+    """Grey studio strangers (ORL) against in-the-wild people (LFW): the classifier tells them apart, the
+    reweighted null shrinks, and the audit says so (and what to do) instead of trusting the pooled null."""
+    from idleak.analyses.audit import AuditOptions, run_audit
+
+    real = workspace.prepare(planted["real"], "REAL").faces
+    real = real.subset(np.array([str(i).startswith("lfw_") for i in real.identities]))
+    syn = workspace.prepare(planted["syn"], "SYN").faces
+    syn = syn.subset(np.array([str(i).startswith("stranger_") for i in syn.identities]))
+    result = run_audit(syn, real, workspace.model_id, AuditOptions(alpha=0.05))
+    pw = result.decision.null.details["population_weights"]
+    assert pw["auc"] > 0.8 and pw["effective_null_size"] < pw["null_size_unweighted"], pw
+    assert result.decision.verdict != "leak"
+    assert any("told apart from REAL's" in w for w in result.warnings), result.warnings
+    pooled = run_audit(syn, real, workspace.model_id, AuditOptions(alpha=0.05, reweight="none"))
+    assert "population_weights" not in pooled.decision.null.details
+    assert not any("told apart" in w for w in pooled.warnings)

@@ -178,6 +178,30 @@ def population_warning(decision: Decision) -> list[str]:
             "verdict's error rate is not guaranteed: give a --holdout of REAL's population."]
 
 
+#: Population weights that leave less than this share of the null's people, or a classifier of SYN vs
+#: REAL faces with at least this AUC, are worth a warning.
+WEIGHTED_SHARE_WARNING = 0.5
+SEPARABLE_AUC_WARNING = 0.8
+
+
+def reweighting_warning(decision: Decision) -> list[str]:
+    """A warning when SYN's population is one that REAL holds little of (the reweighted null is small)."""
+    pw = decision.null.details.get("population_weights")
+    if not pw or pw["estimator"] == "none":
+        return []
+    share = pw["effective_null_size"] / max(pw["null_size_unweighted"], 1)
+    if share >= WEIGHTED_SHARE_WARNING and pw["auc"] < SEPARABLE_AUC_WARNING:
+        return []
+    text = (f"SYN's faces are told apart from REAL's with AUC {pw['auc']:.2f} (0.5: one population): reweighted to "
+            f"SYN's population, the null counts as {pw['effective_null_size']} of REAL's "
+            f"{pw['null_size_unweighted']} people.")
+    if decision.verdict == "too_few_to_decide":
+        text += (" That is too few to decide at this alpha. Give a --holdout of real people like SYN's, a larger REAL, "
+                 "or --reweight none (the pooled null: its error rate then holds only if SYN's population is no "
+                 "denser than REAL's).")
+    return [text]
+
+
 def run_audit(synthetic: FaceSet, real: FaceSet, model_id: str, options: AuditOptions | None = None,
               progress: ProgressFactory | None = None, holdout: FaceSet | None = None) -> AuditResult:
     """Search each synthetic face among the real ones, decide at the stated error rate, count identities."""
@@ -205,11 +229,12 @@ def run_audit(synthetic: FaceSet, real: FaceSet, model_id: str, options: AuditOp
     null = build_null(real.vectors, real.identities, model_id, options, method, score, queries=synthetic.vectors,
                       holdout=None if holdout is None else holdout.vectors,
                       holdout_identities=None if holdout is None else holdout.identities,
-                      progress=progress("calibrating") if progress and method in ("loio", "holdout") else None)
+                      progress=progress("calibrating") if progress and method in ("loio", "holdout") else None,
+                      query_identities=synthetic.identities)
     result = topk(synthetic.vectors, real.vectors, k, block_size=options.block_size,
                   progress=progress("searching") if progress else None, **search_options(options, null))
     decision = decide_queries(synthetic.vectors, synthetic.identities, result, null, real.identities, options)
-    warnings += population_warning(decision)
+    warnings += population_warning(decision) + reweighting_warning(decision)
     top_k = min(options.top_k, k)
     scores, indices = result.scores[:, :top_k], result.indices[:, :top_k]
     hubs = find_hubs(indices[:, 0] if len(indices) else np.zeros(0, np.int64), decision.clusters, null,

@@ -55,6 +55,7 @@ def register(app: typer.Typer) -> None:
         exclude: Annotated[Path | None, typer.Option(help="CSV (path,reason[,hash]) of images to leave out, e.g. child or not_a_face; matched by path or content; a list matching nothing is an error.")] = None,
         exclude_children: Annotated[bool, typer.Option("--exclude-children", help="Leave out faces whose apparent age (estimated from the embedding) is a child's, on every side.")] = False,
         strata: Strata = "age",
+        reweight: Annotated[str, typer.Option("--reweight", help="population (default): with the leave-one-identity-out null, each null value is weighted by how much more often faces like it occur in SYN than in REAL (a classifier of SYN vs REAL faces, cross-fitted), so that a REAL mixing populations still gives the right null for a SYN resembling one of them (measured: 55% false verdicts without, 5% with, at alpha 0.05). The null's effective size shrinks accordingly; when SYN and REAL look alike nothing changes. none: every null value counts the same.")] = "population",
         faces: Annotated[str, typer.Option(help="'largest' face per image, or 'all' faces as separate rows.")] = "largest",
         aligned: Annotated[bool, typer.Option("--aligned", help="Treat every image (both sides) as an aligned face crop: no detection.")] = False,
         aligned_synthetic: Annotated[bool, typer.Option("--aligned-synthetic", help="Only SYN images are aligned crops (DCFace, IDiff-Face ...).")] = False,
@@ -88,7 +89,7 @@ def register(app: typer.Typer) -> None:
 
         options = AuditOptions(alpha=alpha, top_k=top_k, method=method, score=score, threshold=threshold, fmr=fmr,
                                exclude_children=exclude_children, search=search, device=device, engine=engine,
-                               ray_address=ray_address, strata=strata, search_recall=search_recall)
+                               ray_address=ray_address, strata=strata, search_recall=search_recall, reweight=reweight)
         with RichProgress() as progress:
             result = audit(synthetic, real, out_dir, model=model, cache=cache, options=options, exclude=exclude,
                            faces=faces, aligned_synthetic=aligned or aligned_synthetic,

@@ -29,30 +29,44 @@ from scipy.signal import fftconvolve
 
 
 # -- per-face ---------------------------------------------------------------------------------------
-def conformal_p_values(scores: np.ndarray, null: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
+def conformal_p_values(scores: np.ndarray, null: np.ndarray, groups: np.ndarray | None = None,
+                       weights: np.ndarray | None = None, test_weights: np.ndarray | None = None) -> np.ndarray:
     """``(1 + #{null >= s}) / (m + 1)`` for each score ``s``.
 
     With ``groups`` (the identity of each null value) each identity counts once: a value weighs
     1 / (its identity's number of values) and ``m`` is the number of identities. Faces of one person
     are not independent, so the null's real sample size is its number of people.
+
+    With ``weights`` (covariate-shift likelihood ratios, one per null value) and ``test_weights`` (the
+    same ratio at each scored face) this is the weighted conformal p-value (Tibshirani et al. 2019),
+    ``(w_s + sum_{null >= s} w_i) / (w_s + sum_i w_i)``, on the scale where the null weighs its
+    effective number of identities ``m`` (:func:`unit_weights`): a face from a region that REAL
+    covers thinly (a large ``w_s``) needs a stronger match.
     """
     null = np.asarray(null, np.float64)
     scores = np.asarray(scores, np.float64)
-    if groups is None:
+    if groups is None and weights is None:
         ordered = np.sort(null)
         at_least = len(null) - np.searchsorted(ordered, scores, side="left")
         return (1.0 + at_least) / (len(null) + 1.0)
-    weights, m = _group_weights(groups)
+    value_weights, m = unit_weights(len(null), groups, weights)
     order = np.argsort(null)
-    ordered, tail = null[order], np.cumsum(weights[order][::-1])[::-1]  # tail[i] = weight of values >= ordered[i]
+    ordered, tail = null[order], np.cumsum(value_weights[order][::-1])[::-1]  # tail[i]: weight of values >= ordered[i]
     first = np.searchsorted(ordered, scores, side="left")
     at_least = np.where(first < len(ordered), tail[np.minimum(first, len(ordered) - 1)], 0.0)
-    return (1.0 + at_least) / (m + 1.0)
+    own = 1.0
+    if weights is not None and test_weights is not None:
+        raw, _ = unit_weights(len(null), groups, None)
+        total = float(np.sum(raw * np.asarray(weights, np.float64)))
+        own = np.asarray(test_weights, np.float64) * (m / total if total > 0 else 0.0)
+    return np.minimum(1.0, (own + at_least) / (own + m))
 
 
-def null_size(null: np.ndarray, groups: np.ndarray | None = None) -> int:
-    """The null's sample size: values, or identities when grouped."""
-    return len(null) if groups is None else int(len(np.unique(groups)))
+def null_size(null: np.ndarray, groups: np.ndarray | None = None, weights: np.ndarray | None = None) -> int:
+    """The null's sample size: values, or identities when grouped, or their effective number when weighted."""
+    if weights is None:
+        return len(null) if groups is None else int(len(np.unique(groups)))
+    return unit_weights(len(null), groups, weights)[1]
 
 
 def rank_of_level(m: int, level: float) -> int:
@@ -60,13 +74,14 @@ def rank_of_level(m: int, level: float) -> int:
     return int(np.floor((m + 1) * level + 1e-9))
 
 
-def threshold_at(null: np.ndarray, level: float, groups: np.ndarray | None = None) -> float:
+def threshold_at(null: np.ndarray, level: float, groups: np.ndarray | None = None,
+                 weights: np.ndarray | None = None) -> float:
     """The score above which ``p <= level`` (``+inf`` if no score can reach it)."""
     null = np.asarray(null, np.float64)
-    if groups is None:
+    if groups is None and weights is None:
         j = rank_of_level(len(null), level)
         return float(np.sort(null)[len(null) - j]) if j >= 1 else float("inf")
-    weights, m = _group_weights(groups)
+    weights, m = unit_weights(len(null), groups, weights)
     budget = level * (m + 1) - 1.0 + 1e-9  # flag s when the weight of null values >= s is at most this
     if budget < 0:
         return float("inf")
@@ -81,9 +96,28 @@ def smallest_level(m: int) -> float:
     return 1.0 / (m + 1)
 
 
-def _group_weights(groups: np.ndarray) -> tuple[np.ndarray, int]:
-    _, inverse, counts = np.unique(np.asarray(groups), return_inverse=True, return_counts=True)
-    return 1.0 / counts[inverse.ravel()], len(counts)
+def unit_weights(n: int, groups: np.ndarray | None, weights: np.ndarray | None) -> tuple[np.ndarray, int]:
+    """Per null value the weight it counts with, and the null's size ``m`` (the weights sum to ``m``).
+
+    Each identity (each value, without ``groups``) is one unit, spread evenly over its values. With
+    ``weights`` (one per value) a unit weighs its values' mean weight and ``m`` is the effective
+    number of units, ``floor((sum W)^2 / sum W^2)`` (Kish): unequal weights make a smaller null.
+    """
+    if groups is None:
+        inverse, counts = np.arange(n), np.ones(n, np.int64)
+    else:
+        _, inverse, counts = np.unique(np.asarray(groups), return_inverse=True, return_counts=True)
+        inverse = inverse.ravel()
+    share = 1.0 / counts[inverse]
+    if weights is None:
+        return share, len(counts)
+    value = share * np.asarray(weights, np.float64)
+    unit = np.bincount(inverse, weights=value, minlength=len(counts))
+    total = unit.sum()
+    if total <= 0:
+        return np.zeros(n), 0
+    m = int(np.floor(total ** 2 / np.sum(unit ** 2) + 1e-9))
+    return value * (m / total), m
 
 
 # -- counts ---------------------------------------------------------------------------------------
