@@ -276,25 +276,12 @@ def build_null(gallery: np.ndarray, gallery_identities: np.ndarray, model_id: st
         details = {"null_queries": int(len(values)), "null_sampled_from": int(len(labelled)),
                    "null_identities": int(len(np.unique(lab_groups))), "gallery_labelled": int(len(labelled)),
                    "gallery_unlabelled": int(n - len(labelled))}
-        weights = query_weights = None
-        if options.reweight == "population" and queries is not None and len(queries):
-            from idleak.decide.population import population_weights
-
-            query_groups = None
-            if query_identities is not None:  # an unlabelled synthetic face is its own unit
-                query_groups = group_ids(query_identities)
-                query_groups = np.where(query_groups >= 0, query_groups, -1 - np.arange(len(query_groups)))
-            pw = population_weights(gallery[sample[ok]], queries, groups[sample][ok], query_groups, options.seed)
-            weights, query_weights = pw.weights, pw.query_weights
-            null_groups = groups[sample][ok]
-            details["population_weights"] = {
-                "auc": pw.auc, "estimator": pw.estimator,
-                "effective_null_size": stats.null_size(values, null_groups, weights),
-                "null_size_unweighted": stats.null_size(values, null_groups)}
         null = Null("leave_one_identity_out", score, n, values, top.scores[:, 0].astype(np.float64), nearest,
-                    density=density, groups=groups[sample][ok], details=details, weights=weights,
-                    query_weights=query_weights)
-        return _stratified(null, gallery[sample[ok]], model_id, options)
+                    density=density, groups=groups[sample][ok], details=details)
+        null = _stratified(null, gallery[sample[ok]], model_id, options)
+        if options.reweight == "population" and queries is not None and len(queries):
+            _weigh_population(null, gallery[sample[ok]], queries, query_identities, options.seed)
+        return null
     if method == "holdout":
         if holdout is None or len(holdout) == 0:
             raise IdleakError("--method holdout needs --holdout with usable faces")
@@ -344,6 +331,34 @@ def _stratified(null: Null, null_vectors: np.ndarray | None, model_id: str, opti
     null.covered = tuple(STRATUM_NAMES) if null.kind == "holdout" else (0,)
     null.strata = null.stratum_of(null_vectors)
     return null
+
+
+def _weigh_population(null: Null, null_vectors: np.ndarray, queries: np.ndarray,
+                      query_identities: np.ndarray | None, seed: int) -> None:
+    """Weight ``null`` towards the queries' population (:mod:`.population`), within each stratum it covers:
+    a stratum's faces are tested against its null only, so the shift that matters is the one inside it."""
+    from idleak.decide.population import population_weights
+
+    query_groups = None
+    if query_identities is not None:  # an unlabelled synthetic face is its own unit
+        query_groups = group_ids(query_identities)
+        query_groups = np.where(query_groups >= 0, query_groups, -1 - np.arange(len(query_groups)))
+    null_strata = null.strata if null.strata is not None else np.zeros(len(null.values), np.int64)
+    query_strata = null.stratum_of(queries)
+    query_strata = np.zeros(len(queries), np.int64) if query_strata is None else query_strata
+    null.weights, null.query_weights = np.ones(len(null.values)), np.ones(len(queries))
+    for s in np.unique(null_strata):
+        rows, qrows = null_strata == s, query_strata == s
+        if not qrows.any():
+            continue
+        pw = population_weights(null_vectors[rows], queries[qrows], null.groups[rows],
+                                None if query_groups is None else query_groups[qrows], seed)
+        null.weights[rows], null.query_weights[qrows] = pw.weights, pw.query_weights
+        if s == 0:  # the main stratum's is the one reported
+            null.details["population_weights"] = {
+                "auc": pw.auc, "estimator": pw.estimator,
+                "effective_null_size": stats.null_size(null.values[rows], null.groups[rows], pw.weights),
+                "null_size_unweighted": stats.null_size(null.values[rows], null.groups[rows])}
 
 
 def synthetic_clusters(vectors: np.ndarray, identities: np.ndarray, link: float,

@@ -86,10 +86,12 @@ def population_weights(null_vectors: np.ndarray, queries: np.ndarray, null_group
         family = name.split()[0]
         if loss(prob) < family_best.get(family, (np.inf,))[0]:
             family_best[family] = (loss(prob), name, prob)
+    if min(v[0] for v in family_best.values()) >= np.log(2.0):  # no candidate beats the constant
+        return none
     z = np.stack([_logit(v[2]) for v in family_best.values()], axis=1)
     stack = _platt(z, y, unit)
     best = np.clip(stack(z), CLIP, 1 - CLIP)
-    if loss(best) >= np.log(2.0) or min(v[0] for v in family_best.values()) >= np.log(2.0):
+    if loss(best) >= np.log(2.0):
         return none
     auc = float(roc_auc_score(y, best, sample_weight=unit))
     chosen = {family: v[1] for family, v in family_best.items()}
