@@ -335,30 +335,26 @@ def _stratified(null: Null, null_vectors: np.ndarray | None, model_id: str, opti
 
 def _weigh_population(null: Null, null_vectors: np.ndarray, queries: np.ndarray,
                       query_identities: np.ndarray | None, seed: int) -> None:
-    """Weight ``null`` towards the queries' population (:mod:`.population`), within each stratum it covers:
-    a stratum's faces are tested against its null only, so the shift that matters is the one inside it."""
+    """Weight ``null`` towards the queries' population (:mod:`.population`).
+
+    One classifier for all strata, although faces are tested within their stratum: fitted per stratum it
+    did worse (children the age model takes for adults, mixed into REAL: 17% false verdicts at alpha
+    0.05 against 9% with one fit; bench/RESULTS.md), because a stratum may hold few synthetic faces
+    while the shift (here: towards children) is learnt from all of them.
+    """
     from idleak.decide.population import population_weights
 
     query_groups = None
     if query_identities is not None:  # an unlabelled synthetic face is its own unit
         query_groups = group_ids(query_identities)
         query_groups = np.where(query_groups >= 0, query_groups, -1 - np.arange(len(query_groups)))
-    null_strata = null.strata if null.strata is not None else np.zeros(len(null.values), np.int64)
-    query_strata = null.stratum_of(queries)
-    query_strata = np.zeros(len(queries), np.int64) if query_strata is None else query_strata
-    null.weights, null.query_weights = np.ones(len(null.values)), np.ones(len(queries))
-    for s in np.unique(null_strata):
-        rows, qrows = null_strata == s, query_strata == s
-        if not qrows.any():
-            continue
-        pw = population_weights(null_vectors[rows], queries[qrows], null.groups[rows],
-                                None if query_groups is None else query_groups[qrows], seed)
-        null.weights[rows], null.query_weights[qrows] = pw.weights, pw.query_weights
-        if s == 0:  # the main stratum's is the one reported
-            null.details["population_weights"] = {
-                "auc": pw.auc, "estimator": pw.estimator,
-                "effective_null_size": stats.null_size(null.values[rows], null.groups[rows], pw.weights),
-                "null_size_unweighted": stats.null_size(null.values[rows], null.groups[rows])}
+    pw = population_weights(null_vectors, queries, null.groups, query_groups, seed)
+    null.weights, null.query_weights = pw.weights, pw.query_weights
+    main = null.main
+    null.details["population_weights"] = {
+        "auc": pw.auc, "estimator": pw.estimator,
+        "effective_null_size": main.m,  # of the stratum adults are decided in (the one reported)
+        "null_size_unweighted": stats.null_size(main.values, main.groups)}
 
 
 def synthetic_clusters(vectors: np.ndarray, identities: np.ndarray, link: float,
