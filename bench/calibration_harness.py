@@ -315,16 +315,7 @@ def face_cells(stores: str, reps: int, max_people: int = 600) -> list[Cell]:
 def children_cells(stores: str, reps: int) -> list[Cell]:
     """Young children (UTKFace, under 13) against adults and against other children, with and without the
     apparent-age strata; LFW with strata (what they cost adults)."""
-    import os
-
-    from idleak.store import EmbeddingStore
-
-    global MODEL_ID
-    lfw = load_store(os.path.join(stores, "store-lfw"))
-    MODEL_ID = EmbeddingStore.open(os.path.join(stores, "store-lfw")).model_id
-    utk, ages = load_utk(os.path.join(stores, "store-utk"))
-    children = utk[ages < 13]
-    adults = utk[(ages >= 20) & (ages < 60)][:1500]
+    lfw, children, adults = load_lfw_and_utk(stores)
     strangers = (children, np.array([f"utk{k}" for k in range(len(children))], dtype=object))
     cells: list[Cell] = []
 
@@ -356,14 +347,7 @@ def population_cells(stores: str, reps: int) -> list[Cell]:
     lacks; planted leaks (recall)."""
     import os
 
-    from idleak.store import EmbeddingStore
-
-    global MODEL_ID
-    lfw = load_store(os.path.join(stores, "store-lfw"))
-    MODEL_ID = EmbeddingStore.open(os.path.join(stores, "store-lfw")).model_id
-    utk, ages = load_utk(os.path.join(stores, "store-utk"))
-    children = utk[ages < 13]
-    adults = utk[(ages >= 20) & (ages < 60)][:1500]
+    lfw, children, adults = load_lfw_and_utk(stores)
     orl = load_store(os.path.join(stores, "store-orl"))
     strangers = {"UTKFace adults": (adults, np.array([f"utka{k}" for k in range(len(adults))], dtype=object)),
                  "ORL": (orl[0], np.array([f"ORL_{x}" for x in orl[1]], dtype=object))}
@@ -386,6 +370,20 @@ def population_cells(stores: str, reps: int) -> list[Cell]:
                                max_people=600, reweight=reweight))
         show(children_in_real_cell(lfw, adults, alpha, reps, lfw_people=0, label="UTKFace adults"))
     return cells
+
+
+def load_lfw_and_utk(stores: str) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray, np.ndarray]:
+    """LFW (vectors, identities), UTKFace children (under 13) and adults (20-59, the first 1,500); sets
+    ``MODEL_ID`` to the stores' model (their age model assigns the strata)."""
+    import os
+
+    from idleak.store import EmbeddingStore
+
+    global MODEL_ID
+    lfw = load_store(os.path.join(stores, "store-lfw"))
+    MODEL_ID = EmbeddingStore.open(os.path.join(stores, "store-lfw")).model_id
+    utk, ages = load_utk(os.path.join(stores, "store-utk"))
+    return lfw, utk[ages < 13], utk[(ages >= 20) & (ages < 60)][:1500]
 
 
 def load_utk(path: str) -> tuple[np.ndarray, np.ndarray]:
