@@ -133,6 +133,10 @@ def test_default_audit_of_the_planted_data_reweights_and_says_why(planted: dict,
     assert s["verdict"] == "too_few_to_decide"
     assert any("told apart from REAL's" in w and "--holdout" in w for w in s["warnings"]), s["warnings"]
     assert "population weights" in s["limits"]
+    # the report shows the warning, and its histogram draws the null as the decision weighted it
+    assert "told apart from REAL" in (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    with np.load(tmp_path / "out" / "scores.npz") as scores:
+        assert len(scores["null_weights"]) == len(scores["null"]) and scores["null_weights"].std() > 0
 
 
 @pytest.mark.slow

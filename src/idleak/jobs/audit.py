@@ -76,7 +76,9 @@ def audit(synthetic: str | os.PathLike[str], real: str | os.PathLike[str], out: 
                         statistic=result.decision.statistic.astype(np.float32),
                         p_value=result.decision.p_values.astype(np.float32),
                         null=np.asarray(result.decision.null.values, np.float32),
-                        null_similarity=np.asarray(result.decision.null.raw, np.float32))
+                        null_similarity=np.asarray(result.decision.null.raw, np.float32),
+                        **({} if result.decision.null.weights is None else
+                           {"null_weights": np.asarray(result.decision.null.weights, np.float32)}))
     summary = audit_summary(result, options, ws, syn, ref, reasons, hold)
     summary["exclusions"] = excluded_by_list
     summary["warnings"] = input_warnings(sources) + list(summary.get("warnings") or [])

@@ -107,7 +107,9 @@ def write_audit_report(out: str | os.PathLike[str], review: dict | None = None) 
     scores = np.load(out / "scores.npz")
     thumbs = ThumbCache()
     histogram = data_uri(similarity_histogram(scores["statistic"] if "statistic" in scores else scores["nearest"],
-                                                scores["null"], summary["threshold"]))
+                                                scores["null"], summary["threshold"],
+                                                null_weights=scores["null_weights"] if "null_weights" in scores
+                                                else None))
 
     def with_thumbs(row: dict) -> dict:
         return {**row, "syn_thumb": thumbs.get(row["synthetic_path"], _box(row.get("synthetic_box"))),

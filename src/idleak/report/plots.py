@@ -19,15 +19,20 @@ def figure_png(fig: plt.Figure) -> bytes:
 
 
 def similarity_histogram(synthetic: np.ndarray, null: np.ndarray, threshold: float,
-                         null_label: str = "real vs. other real identities (null)") -> bytes:
-    """Nearest-neighbour similarity of synthetic faces vs. the null, with the threshold line."""
+                         null_label: str = "real vs. other real identities (null)",
+                         null_weights: np.ndarray | None = None) -> bytes:
+    """Nearest-neighbour similarity of synthetic faces vs. the null (``null_weights``: as the decision
+    weighted it, towards the synthetic faces' population), with the threshold line."""
     fig, ax = plt.subplots(figsize=(7.5, 3.6))
     values = [v for v in (synthetic, null) if len(v)]
     low = min(float(np.min(v)) for v in values) if values else 0.0
     high = max(max(float(np.max(v)) for v in values), threshold) if values else 1.0
     bins = np.linspace(min(low, threshold) - 0.01, high + 0.01, 50)
     if len(null):
-        ax.hist(null, bins=bins, density=True, alpha=0.55, color="#7f8c8d", label=f"{null_label}, n={len(null)}")
+        if null_weights is not None:
+            null_label += ", weighted to SYN's population"
+        ax.hist(null, bins=bins, density=True, weights=null_weights, alpha=0.55, color="#7f8c8d",
+                label=f"{null_label}, n={len(null)}")
     if len(synthetic):
         ax.hist(synthetic, bins=bins, density=True, alpha=0.6, color="#c0392b",
                 label=f"synthetic faces' best real match, n={len(synthetic)}")
