@@ -259,7 +259,7 @@ def children_in_real_cell(lfw: tuple[np.ndarray, np.ndarray], children: np.ndarr
             undecided += decision.verdict == "too_few_to_decide"
     name = ((f"LFW ({lfw_people} people) + " if lfw_people else "") + f"{label} REAL vs {label} "
             f"strangers, {'holdout' if holdout else 'loio'} null, strata {strata}"
-            + (f", {leak} near-copies of REAL children" if leak else "") + f", reweight {reweight}")
+            + (f", {leak} near-copies of REAL {label.removeprefix('UTKFace ')}" if leak else "") + f", reweight {reweight}")
     return Cell("faces", name, alpha, reps, false, found / planted if leak else None, time.perf_counter() - start,
                 undecided)
 
