@@ -8,6 +8,9 @@ gallery?" at a stated error rate. Its parts:
   own identity), ``holdout`` (the synthetic faces themselves searched against real people who were
   *not* in the training set, size-matched), ``shipped`` (the model's false-match rate measured on
   public labelled faces, for unlabelled galleries) or ``manual`` (a threshold given by hand: no test).
+  In the audit a leave-one-identity-out null is weighted towards the synthetic faces' population
+  (``reweight="population"``, :mod:`.population`): weighted conformal p-values, for a REAL that mixes
+  populations.
 * **Statistic** — the nearest-neighbour similarity, raw or scaled by local density (CSLS, :mod:`.scores`).
 * **Tests** — conformal per-face p-values, a count test that accounts for the finite null, and a
   cluster-level test (synthetic identities, or clusters of near-identical faces) that stays valid

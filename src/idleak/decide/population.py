@@ -15,9 +15,11 @@ prediction: Tibshirani, Barber, Candes, Ramdas, NeurIPS 2019).
 
 ``w`` comes from a probabilistic classifier telling SYN's faces from the null's: candidates are an
 L2 logistic regression (several strengths) and a k-nearest-neighbour vote (several k), each
-cross-fitted by identity (a face's probability comes from a fit that never saw its person), the
-one with the best cross-fitted log-loss is kept and Platt-recalibrated; when none beats the constant
-(one population), nothing is reweighted. Identities are the units on both sides. The price is a
+cross-fitted by identity (a face's probability comes from a fit that never saw its person); the best
+of each family by cross-fitted log-loss are stacked by a logistic regression on their log-odds (which
+also undoes the shrinkage of a regularised fit, as Platt scaling does). When no candidate beats the
+constant (one population), nothing is reweighted. Each synthetic face gets the same ratio at its own
+place, for its side of the weighted p-value. Identities are the units on both sides. The price is a
 smaller null: its effective size is Kish's ``(sum W)^2 / sum W^2`` over identities, and when SYN
 looks like nobody in REAL the null shrinks until the verdict is "too few to decide".
 """
