@@ -46,6 +46,12 @@ class Cell:
     seconds: float = 0.0
     undecided: int = 0  # "too_few_to_decide" verdicts
     recall_by: dict | None = None  # recall of leaked identities by how many of their photos leaked: (found, planted)
+    faces: tuple[int, int] = (0, 0)  # leak-free cells: (strangers' faces with p <= alpha, strangers' faces decided)
+
+    @property
+    def face_rate(self) -> float | None:
+        """Per-face false-flag rate over all repetitions (None: no face decided)."""
+        return self.faces[0] / self.faces[1] if self.faces[1] else None
 
     @property
     def rate(self) -> float:
@@ -156,6 +162,7 @@ def face_cell(name: str, vectors: np.ndarray, identities: np.ndarray, alpha: flo
     people = people[counts >= min_photos]
     options = DecisionOptions(alpha=alpha, score=score, strata=strata, reweight=reweight)
     false, found, planted, undecided = 0, 0, 0, 0
+    faces = (0, 0)
     by_photos: dict[int, tuple[int, int]] = {}
     start = time.perf_counter()
     for r in range(reps):
@@ -200,10 +207,12 @@ def face_cell(name: str, vectors: np.ndarray, identities: np.ndarray, alpha: flo
         else:
             false += decision.verdict == "leak"
             undecided += decision.verdict == "too_few_to_decide"
+            decided = ~decision.set_aside
+            faces = (faces[0] + int((decision.p_values[decided] <= alpha).sum()), faces[1] + int(decided.sum()))
     what = (f"{name}, {'holdout' if holdout else 'loio'} null, score {score}" + (f", {leak_ids} leaked ids" if leak_ids else "")
             + ("" if strata == "age" else f", strata {strata}") + f", reweight {reweight}")
     return Cell("faces", what, alpha, reps, false, found / planted if leak_ids else None, time.perf_counter() - start,
-                undecided, dict(sorted(by_photos.items())) if leak_ids else None)
+                undecided, dict(sorted(by_photos.items())) if leak_ids else None, faces)
 
 
 #: UTKFace photos more similar than this are taken for one photo uploaded twice (one identity)
@@ -228,6 +237,7 @@ def children_in_real_cell(lfw: tuple[np.ndarray, np.ndarray], children: np.ndarr
     groups = np.unique(child_id)
     options = DecisionOptions(alpha=alpha, strata=strata, reweight=reweight)
     false, undecided, found, planted = 0, 0, 0, 0
+    faces = (0, 0)
     start = time.perf_counter()
     for r in range(reps):
         chosen = set(rng.choice(people, lfw_people, replace=False))
@@ -257,11 +267,13 @@ def children_in_real_cell(lfw: tuple[np.ndarray, np.ndarray], children: np.ndarr
         else:
             false += decision.verdict == "leak"
             undecided += decision.verdict == "too_few_to_decide"
+            decided = ~decision.set_aside
+            faces = (faces[0] + int((decision.p_values[decided] <= alpha).sum()), faces[1] + int(decided.sum()))
     name = ((f"LFW ({lfw_people} people) + " if lfw_people else "") + f"{label} REAL vs {label} "
             f"strangers, {'holdout' if holdout else 'loio'} null, strata {strata}"
             + (f", {leak} near-copies of REAL {label.removeprefix('UTKFace ')}" if leak else "") + f", reweight {reweight}")
     return Cell("faces", name, alpha, reps, false, found / planted if leak else None, time.perf_counter() - start,
-                undecided)
+                undecided, faces=faces)
 
 
 def face_cells(stores: str, reps: int, max_people: int = 600) -> list[Cell]:
@@ -408,14 +420,15 @@ def load_store(path: str, aligned: bool | None = None) -> tuple[np.ndarray, np.n
 
 def table(cells: list[Cell]) -> str:
     lines = ["| family | cell | alpha | reps | false 'leak' verdicts | rate | within sampling error | too few to decide "
-             "| recall of leaked ids |", "|---|---|---:|---:|---:|---:|---|---:|---:|"]
+             "| recall of leaked ids | per-face false-flag rate |", "|---|---|---:|---:|---:|---:|---|---:|---:|---:|"]
     for c in cells:
         rate = "" if c.recall is not None else f"{c.rate:.3f}"
         ok = "" if c.recall is not None else ("yes" if c.holds else f"**no** (> {c.upper:.3f})")
         recall = f"{c.recall:.2f}" if c.recall is not None else ""
         false = "" if c.recall is not None else str(c.false_leaks)
+        per_face = f"{c.face_rate:.4f}" if c.face_rate is not None else ""
         lines.append(f"| {c.family} | {c.name} | {c.alpha} | {c.reps} | {false} | {rate} | {ok} | "
-                     f"{c.undecided if c.recall is None else ''} | {recall} |")
+                     f"{c.undecided if c.recall is None else ''} | {recall} | {per_face} |")
     return "\n".join(lines)
 
 
