@@ -46,11 +46,13 @@ class Cell:
     seconds: float = 0.0
     undecided: int = 0  # "too_few_to_decide" verdicts
     recall_by: dict | None = None  # recall of leaked identities by how many of their photos leaked: (found, planted)
-    faces: tuple[int, int] = (0, 0)  # leak-free cells: (strangers' faces with p <= alpha, strangers' faces decided)
+    faces: tuple[float, int] = (0.0, 0)  # leak-free cells: (sum over strangers of their share of faces with
+    # p <= alpha, number of strangers with a decided face)
 
     @property
     def face_rate(self) -> float | None:
-        """Per-face false-flag rate over all repetitions (None: no face decided)."""
+        """Per-face false-flag rate: the chance that a random face of a random stranger (synthetic identity
+        or cluster) has p <= alpha, the unit the conformal p-value is exact for (None: nothing decided)."""
         return self.faces[0] / self.faces[1] if self.faces[1] else None
 
     @property
@@ -67,6 +69,17 @@ class Cell:
     @property
     def holds(self) -> bool:
         return self.rate <= self.upper
+
+
+def _add_face_rate(faces: tuple[float, int], decision, alpha: float) -> tuple[float, int]:
+    decided = ~decision.set_aside
+    if not decided.any():
+        return faces
+    clusters = decision.clusters[decided]
+    hits = np.bincount(clusters, weights=(decision.p_values[decided] <= alpha).astype(float))
+    sizes = np.bincount(clusters)
+    share = hits[sizes > 0] / sizes[sizes > 0]
+    return faces[0] + float(share.sum()), faces[1] + int(len(share))
 
 
 # -- scores --------------------------------------------------------------------------------------------
@@ -162,7 +175,7 @@ def face_cell(name: str, vectors: np.ndarray, identities: np.ndarray, alpha: flo
     people = people[counts >= min_photos]
     options = DecisionOptions(alpha=alpha, score=score, strata=strata, reweight=reweight)
     false, found, planted, undecided = 0, 0, 0, 0
-    faces = (0, 0)
+    faces = (0.0, 0)
     by_photos: dict[int, tuple[int, int]] = {}
     start = time.perf_counter()
     for r in range(reps):
@@ -207,8 +220,7 @@ def face_cell(name: str, vectors: np.ndarray, identities: np.ndarray, alpha: flo
         else:
             false += decision.verdict == "leak"
             undecided += decision.verdict == "too_few_to_decide"
-            decided = ~decision.set_aside
-            faces = (faces[0] + int((decision.p_values[decided] <= alpha).sum()), faces[1] + int(decided.sum()))
+            faces = _add_face_rate(faces, decision, alpha)
     what = (f"{name}, {'holdout' if holdout else 'loio'} null, score {score}" + (f", {leak_ids} leaked ids" if leak_ids else "")
             + ("" if strata == "age" else f", strata {strata}") + f", reweight {reweight}")
     return Cell("faces", what, alpha, reps, false, found / planted if leak_ids else None, time.perf_counter() - start,
@@ -237,7 +249,7 @@ def children_in_real_cell(lfw: tuple[np.ndarray, np.ndarray], children: np.ndarr
     groups = np.unique(child_id)
     options = DecisionOptions(alpha=alpha, strata=strata, reweight=reweight)
     false, undecided, found, planted = 0, 0, 0, 0
-    faces = (0, 0)
+    faces = (0.0, 0)
     start = time.perf_counter()
     for r in range(reps):
         chosen = set(rng.choice(people, lfw_people, replace=False))
@@ -267,8 +279,7 @@ def children_in_real_cell(lfw: tuple[np.ndarray, np.ndarray], children: np.ndarr
         else:
             false += decision.verdict == "leak"
             undecided += decision.verdict == "too_few_to_decide"
-            decided = ~decision.set_aside
-            faces = (faces[0] + int((decision.p_values[decided] <= alpha).sum()), faces[1] + int(decided.sum()))
+            faces = _add_face_rate(faces, decision, alpha)
     name = ((f"LFW ({lfw_people} people) + " if lfw_people else "") + f"{label} REAL vs {label} "
             f"strangers, {'holdout' if holdout else 'loio'} null, strata {strata}"
             + (f", {leak} near-copies of REAL {label.removeprefix('UTKFace ')}" if leak else "") + f", reweight {reweight}")
