@@ -249,17 +249,22 @@ def test_children_without_a_null_of_children_are_set_aside_not_decided() -> None
     assert only_children.verdict == "too_few_to_decide" and not only_children.flagged.any()
 
 
-@pytest.fixture(scope="module")
-def utk_children(faces_root: Path, workspace):
-    """Embeddings of 60 UTKFace photos of children aged 1-8 the age classifier was not trained on."""
-    from idleak.age import utk_train_part
+def utk_faces(faces_root: Path, workspace, keep, n: int):
+    """Embeddings of the first ``n`` UTKFace photos (by name) for which ``keep(age, path)`` holds."""
     from idleak.sources import Record, Source
 
     utk = faces_root.parent / "ages" / "utkface"
     assert utk.is_dir(), f"UTKFace not found at {utk}"
-    chosen = [p for p in sorted(utk.glob("*.jpg"))
-              if 1 <= int(p.name.split("_", 1)[0]) <= 8 and not utk_train_part(str(p))][:60]
+    chosen = [p for p in sorted(utk.glob("*.jpg")) if keep(int(p.name.split("_", 1)[0]), p)][:n]
     return workspace.prepare(Source("utk", "manifest", [Record(str(p), None) for p in chosen]), "SYN").faces
+
+
+@pytest.fixture(scope="module")
+def utk_children(faces_root: Path, workspace):
+    """Embeddings of 60 UTKFace photos of children aged 1-8 the age classifier was not trained on."""
+    from idleak.age import utk_train_part
+
+    return utk_faces(faces_root, workspace, lambda age, p: 1 <= age <= 8 and not utk_train_part(str(p)), 60)
 
 
 def test_children_against_a_gallery_of_adults_are_set_aside_on_real_faces(real_faces, utk_children, workspace):
@@ -332,6 +337,25 @@ def test_weighted_conformal_p_values_hold_under_covariate_shift_where_unweighted
     assert hits["unweighted"] > 1.5 * a * n, hits  # the control: the pooled null is far too lenient (9.4%)
 
 
+def test_population_weights_of_faces_beyond_the_fitting_sample_follow_the_shift() -> None:
+    """Large sets are fitted on a sample: the other faces' weights come from one refit and must still rank
+    the dense population (SYN's) above the spread one, on both sides."""
+    from idleak.decide.population import population_weights
+
+    rng = np.random.default_rng(22)
+    centre = harness._population(rng, 1, 1, 32, 1.0, None)[0]
+    spread = harness._population(rng, 300, 2, 32, 1.0, None)
+    dense_real = harness._population(rng, 100, 2, 32, 0.6, centre)
+    real = np.concatenate([spread, dense_real])
+    real_groups = np.repeat(np.arange(400), 2)
+    syn = harness._population(rng, 300, 2, 32, 0.6, centre)
+    pw = population_weights(real, syn, real_groups, None, seed=1, max_fit=200)
+    assert pw.estimator != "none" and np.isfinite(pw.weights).all() and np.isfinite(pw.query_weights).all()
+    assert len(pw.weights) == len(real) and len(pw.query_weights) == len(syn)
+    assert pw.weights[600:].mean() > 3 * pw.weights[:600].mean(), (pw.weights[600:].mean(), pw.weights[:600].mean())
+    assert abs(pw.weights.mean() - 1) < 1e-9
+
+
 def test_population_weights_hold_alpha_for_strangers_of_one_part_of_a_mixed_real() -> None:
     """Simulation through the whole decision path: REAL mixes 150 spread and 50 mutually similar people,
     SYN is 150 strangers of the similar population. The pooled null fails, the weighted one holds."""
@@ -346,12 +370,7 @@ def test_population_weights_hold_alpha_for_strangers_of_one_part_of_a_mixed_real
 @pytest.fixture(scope="module")
 def utk_adults(faces_root: Path, workspace):
     """Embeddings of 1,000 UTKFace photos of adults (20-59): web photos, a denser population than LFW's."""
-    from idleak.sources import Record, Source
-
-    utk = faces_root.parent / "ages" / "utkface"
-    assert utk.is_dir(), f"UTKFace not found at {utk}"
-    chosen = [p for p in sorted(utk.glob("*.jpg")) if 20 <= int(p.name.split("_", 1)[0]) < 60][:1000]
-    return workspace.prepare(Source("utk", "manifest", [Record(str(p), None) for p in chosen]), "SYN").faces
+    return utk_faces(faces_root, workspace, lambda age, p: 20 <= age < 60, 1000)
 
 
 @pytest.mark.slow
