@@ -51,8 +51,10 @@ class PopulationWeights:
 
 
 def population_weights(null_vectors: np.ndarray, queries: np.ndarray, null_groups: np.ndarray | None = None,
-                       query_groups: np.ndarray | None = None, seed: int = 0) -> PopulationWeights:
-    """Per null face ``p_SYN(x) / p_REAL(x)`` (normalised to mean 1 over the null)."""
+                       query_groups: np.ndarray | None = None, seed: int = 0,
+                       max_fit: int = MAX_FIT) -> PopulationWeights:
+    """Per null face ``p_SYN(x) / p_REAL(x)`` (normalised to mean 1 over the null); at most ``max_fit``
+    faces per side are fitted, the others predicted."""
     from sklearn.metrics import roc_auc_score
 
     m, n_queries = len(null_vectors), len(queries)
@@ -64,10 +66,10 @@ def population_weights(null_vectors: np.ndarray, queries: np.ndarray, null_group
     query_groups = np.arange(n_queries) if query_groups is None else np.asarray(query_groups)
     null_groups = np.arange(m) if null_groups is None else np.asarray(null_groups)
     fit_queries = np.arange(n_queries)
-    if n_queries > MAX_FIT:
-        fit_queries = np.sort(rng.choice(n_queries, MAX_FIT, replace=False))
+    if n_queries > max_fit:
+        fit_queries = np.sort(rng.choice(n_queries, max_fit, replace=False))
         queries, query_groups = queries[fit_queries], query_groups[fit_queries]
-    fit_null = np.arange(m) if m <= MAX_FIT else np.sort(rng.choice(m, MAX_FIT, replace=False))
+    fit_null = np.arange(m) if m <= max_fit else np.sort(rng.choice(m, max_fit, replace=False))
     x = np.concatenate([null_vectors[fit_null], queries]).astype(np.float32)
     y = np.concatenate([np.zeros(len(fit_null)), np.ones(len(queries))])
     unit = np.concatenate([_per_unit(null_groups[fit_null]), _per_unit(query_groups)])
@@ -85,9 +87,9 @@ def population_weights(null_vectors: np.ndarray, queries: np.ndarray, null_group
     family_best: dict[str, tuple[float, str, np.ndarray]] = {}
     for name, prob in _candidates(x, y, unit, keys, fold):
         prob = np.clip(prob, CLIP, 1 - CLIP)
-        family = name.split()[0]
-        if loss(prob) < family_best.get(family, (np.inf,))[0]:
-            family_best[family] = (loss(prob), name, prob)
+        family, value = name.split()[0], loss(prob)
+        if value < family_best.get(family, (np.inf,))[0]:
+            family_best[family] = (value, name, prob)
     if min(v[0] for v in family_best.values()) >= np.log(2.0):  # no candidate beats the constant
         return none
     z = np.stack([_logit(v[2]) for v in family_best.values()], axis=1)
@@ -98,16 +100,15 @@ def population_weights(null_vectors: np.ndarray, queries: np.ndarray, null_group
     auc = float(roc_auc_score(y, best, sample_weight=unit))
     chosen = {family: v[1] for family, v in family_best.items()}
 
-    def everyone(vectors: np.ndarray, fitted: np.ndarray, cross_fitted: np.ndarray) -> np.ndarray:
-        prob = np.empty(len(vectors))
-        prob[fitted] = cross_fitted
-        rest = np.setdiff1d(np.arange(len(vectors)), fitted)
-        if len(rest):
-            prob[rest] = _predict(chosen, x, y, unit, stack, vectors[rest])
-        return prob / (1 - prob)
-
-    odds_null = everyone(null_vectors, fit_null, best[:len(fit_null)])
-    odds_queries = everyone(all_queries, fit_queries, best[len(fit_null):])
+    # the faces outside the fitting sample (large sets): predicted together, by one refit
+    prob_null, prob_queries = np.empty(m), np.empty(n_queries)
+    prob_null[fit_null], prob_queries[fit_queries] = best[:len(fit_null)], best[len(fit_null):]
+    rest_null = np.setdiff1d(np.arange(m), fit_null)
+    rest_queries = np.setdiff1d(np.arange(n_queries), fit_queries)
+    if len(rest_null) + len(rest_queries):
+        rest = _predict(chosen, x, y, unit, stack, np.concatenate([null_vectors[rest_null], all_queries[rest_queries]]))
+        prob_null[rest_null], prob_queries[rest_queries] = rest[:len(rest_null)], rest[len(rest_null):]
+    odds_null, odds_queries = prob_null / (1 - prob_null), prob_queries / (1 - prob_queries)
     scale = odds_null.mean()
     return PopulationWeights(odds_null / scale, odds_queries / scale, auc, " + ".join(chosen.values()))
 
