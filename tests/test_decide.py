@@ -306,6 +306,60 @@ def test_lookup_of_a_child_in_a_dataset_of_adults_cannot_decide(planted: dict, u
     assert lookup_dataset(adult, dataset, workspace.model_id, "planted", LookupOptions(alpha=0.05)).decidable
 
 
+@pytest.fixture(scope="module")
+def utk_held_out_children(faces_root: Path, workspace):
+    """Embeddings of UTKFace photos of children under 13 the age classifier was not trained on (about 420),
+    the ones it takes for adults included."""
+    from idleak.age import utk_train_part
+
+    return utk_faces(faces_root, workspace, lambda age, p: age < 13 and not utk_train_part(str(p)), 500)
+
+
+@pytest.mark.slow
+def test_child_stratum_widens_when_syn_is_mostly_children(real_faces, utk_held_out_children, workspace,
+                                                          monkeypatch) -> None:
+    """REAL = the planted gallery + half of the children, SYN = the other half (strangers). The children
+    the age model misses are decided against adults; with the stratum at P(under 13) >= 0.3 they are
+    flagged far beyond alpha, widened to 0.1 (what the audit does when SYN holds many children) they are
+    fewer and hold it, with or without population weights. SYN of adults keeps the narrower stratum."""
+    import idleak.decide as decide
+    from idleak.decide import synthetic_clusters
+
+    vectors, ids = real_faces
+    kids = utk_held_out_children.vectors
+    assert len(kids) >= 350, len(kids)
+    # re-uploads of one photo are one identity, kept on one side (else they are true copies)
+    same_photo, _ = synthetic_clusters(kids, np.full(len(kids), None, dtype=object), harness.LINK_SAME_PHOTO,
+                                       DecisionOptions())
+    photos = np.unique(same_photo)
+    counts = {}
+    for widen, reweight in ((True, "population"), (True, "none"), (False, "none")):
+        # the control never widens the stratum
+        monkeypatch.setattr(decide, "CHILD_SHARE_WIDENS", 0.05 if widen else 1.0)
+        flagged = decided = 0
+        for r in range(12):
+            in_real = np.isin(same_photo, np.random.default_rng(300 + r).permutation(photos)[:len(photos) // 2])
+            real = np.concatenate([vectors, kids[in_real]])
+            real_ids = np.concatenate([ids, np.array([f"kid{k}" for k in same_photo[in_real]], dtype=object)])
+            syn_ids = np.array([f"s{k}" for k in np.flatnonzero(~in_real)], dtype=object)
+            d = harness._decide(kids[~in_real], syn_ids, real, real_ids,
+                                DecisionOptions(alpha=0.05, reweight=reweight), seed=r, model_id=workspace.model_id)
+            assert d.null.child_cut == (decide.WIDE_CHILD_STRATUM_PROBABILITY if widen else 0.3)
+            assert ("child_stratum_widened" in d.null.details) == widen
+            flagged += int(d.flagged.sum())
+            decided += int(d.decided.sum())
+        counts[widen, reweight] = (flagged, decided)
+    narrow = counts[False, "none"]
+    assert narrow[0] > sps.binom.ppf(0.999, narrow[1], 0.05), counts  # the control fails: missed children
+    for widen, reweight in ((True, "population"), (True, "none")):
+        flagged, decided = counts[widen, reweight]
+        assert decided < narrow[1] and flagged <= sps.binom.ppf(0.999, decided, 0.05), counts
+    # adults as SYN: few look like children, the stratum stays narrow
+    adults = harness._decide(vectors[:300], np.array([f"a{k}" for k in range(300)], dtype=object), vectors[300:],
+                             ids[300:], DecisionOptions(alpha=0.05), model_id=workspace.model_id)
+    assert adults.null.child_cut == 0.3 and "child_stratum_widened" not in adults.null.details
+
+
 def test_population_warning_when_most_synthetic_faces_sit_above_the_null() -> None:
     from idleak.analyses.audit import population_warning
 

@@ -20,7 +20,8 @@ gallery?" at a stated error rate. Its parts:
   default where the face model has a shipped age model, :mod:`idleak.age`) each face is compared with
   the null of its own apparent-age stratum (Mondrian conformal p-values). Children are decided only
   against a holdout's children; otherwise (and when the holdout holds too few to resolve the level)
-  they are *set aside*: listed, counted and never decided.
+  they are *set aside*: listed, counted and never decided. The audit widens the child stratum when
+  many synthetic faces fall in it (``CHILD_SHARE_WIDENS``), so that fewer missed children are decided.
 """
 
 from __future__ import annotations
@@ -47,6 +48,13 @@ STRATUM_NAMES = {0: "adult", 1: "child"}
 #: 95.8% caught (93.8% at 0.5, 98.4% at 0.1); adults sent to the child stratum: LFW 1.2%, ORL 1.3%
 #: (3.6% and 7.1% at 0.1) (bench/RESULTS.md).
 CHILD_STRATUM_PROBABILITY = 0.3
+#: When more than this share of the synthetic faces falls in the child stratum, the audit widens the
+#: stratum to P(under 13) >= ``WIDE_CHILD_STRATUM_PROBABILITY``: the children the age model misses are
+#: then a share of many, decided against adults and flagged far more often than alpha (measured: LFW +
+#: UTKFace children in REAL, UTKFace children as SYN, 9.0% false verdicts at alpha 0.05; 1.0% widened).
+#: Below the share they are too few to move a verdict, and the narrower stratum sets fewer adults aside.
+CHILD_SHARE_WIDENS = 0.05
+WIDE_CHILD_STRATUM_PROBABILITY = 0.1
 #: Why a face of the child stratum was not decided (summary.json, set_aside.csv, the gate's detail).
 CHILDREN_ASIDE = ("a face that may be a young child's is decided only against a holdout's children (a null of "
                   "adults, or of REAL's own children, did not hold alpha for child strangers: bench/RESULTS.md); give "
@@ -118,6 +126,7 @@ class Null:
     stratifier: str | None = None  # model id whose age model assigns strata
     weights: np.ndarray | None = None  # per null value: its population weight (None: all equal)
     query_weights: np.ndarray | None = None  # per query face the null was built for: the same ratio
+    child_cut: float = CHILD_STRATUM_PROBABILITY  # P(under 13) from which a face is in the child stratum
 
     def stratum_of(self, vectors: np.ndarray) -> np.ndarray | None:
         """Each face's stratum (0 adult, 1 possibly a young child), or None when the null is not stratified."""
@@ -127,7 +136,7 @@ class Null:
 
         if len(vectors) == 0:
             return np.zeros(0, np.int64)
-        return (child_probability(vectors, self.stratifier) >= CHILD_STRATUM_PROBABILITY).astype(np.int64)
+        return (child_probability(vectors, self.stratifier) >= self.child_cut).astype(np.int64)
 
     @property
     def main(self) -> Null:
@@ -255,7 +264,7 @@ def build_null(gallery: np.ndarray, gallery_identities: np.ndarray, model_id: st
         calibration = load_shipped(model_id)
         null = Null("shipped", "raw", n, shipped=calibration)
         null.details = {"provenance": getattr(calibration, "provenance", None)}
-        return _stratified(null, None, model_id, options)
+        return _stratified(null, None, model_id, options, queries)
     k = neighbours_needed(score, options.cohort)
     density = gallery_density(gallery, groups, options.cohort, options.block_size) if score == "csls" else None
     if method == "loio":
@@ -281,7 +290,7 @@ def build_null(gallery: np.ndarray, gallery_identities: np.ndarray, model_id: st
                    "gallery_unlabelled": int(n - len(labelled))}
         null = Null("leave_one_identity_out", score, n, values, top.scores[:, 0].astype(np.float64), nearest,
                     density=density, groups=groups[sample][ok], details=details)
-        null = _stratified(null, gallery[sample[ok]], model_id, options)
+        null = _stratified(null, gallery[sample[ok]], model_id, options, queries)
         if options.reweight == "population" and queries is not None and len(queries):
             _weigh_population(null, gallery[sample[ok]], queries, query_identities, options.seed)
         return null
@@ -306,12 +315,17 @@ def build_null(gallery: np.ndarray, gallery_identities: np.ndarray, model_id: st
                    "gallery_size": int(n), "size_ratio": n / len(hold)}
         null = Null("holdout", score, n, values, top.scores[:, 0].astype(np.float64), size_ratio=n / len(hold),
                     density=density, details=details)
-        return _stratified(null, queries, model_id, options)
+        return _stratified(null, queries, model_id, options, queries)
     raise IdleakError(f"unknown method {method!r}: use {', '.join(METHODS)}")
 
 
-def _stratified(null: Null, null_vectors: np.ndarray | None, model_id: str, options: DecisionOptions) -> Null:
+def _stratified(null: Null, null_vectors: np.ndarray | None, model_id: str, options: DecisionOptions,
+                queries: np.ndarray | None = None) -> Null:
     """``null`` split into apparent-age strata (``options.strata == "age"`` and an age model for the model).
+
+    With ``queries`` (the audit's synthetic faces) the child stratum widens when they hold many children
+    (``CHILD_SHARE_WIDENS``). The gate and the lookup keep the narrower stratum: a batch or one person's
+    photos say nothing about the rest.
 
     An empirical null's values are assigned the stratum of the face they were measured on. Only a holdout
     null covers children: the shipped calibration is made of adults, and a leave-one-identity-out null of
@@ -328,6 +342,18 @@ def _stratified(null: Null, null_vectors: np.ndarray | None, model_id: str, opti
         null.details["strata"] = f"none (no shipped age model for {model_id})"
         return null
     null.stratifier = model_id
+    if queries is not None and len(queries):
+        from idleak.age import child_probability
+
+        share = float(np.mean(child_probability(queries, model_id) >= CHILD_STRATUM_PROBABILITY))
+        if share > CHILD_SHARE_WIDENS:
+            null.child_cut = WIDE_CHILD_STRATUM_PROBABILITY
+            null.details["child_stratum_widened"] = {
+                "synthetic_share_in_child_stratum": share,
+                "reason": f"{share:.0%} of the synthetic faces may be young children's (more than "
+                          f"{CHILD_SHARE_WIDENS:.0%}), so the child stratum starts at P(under 13) >= "
+                          f"{WIDE_CHILD_STRATUM_PROBABILITY} instead of {CHILD_STRATUM_PROBABILITY}: fewer of "
+                          "the children the age model misses are decided as adults"}
     if null_vectors is None:
         null.covered = (0,)
         return null
@@ -542,8 +568,9 @@ def judge(values: np.ndarray, null: Null, clusters: np.ndarray, how: str, alpha:
 def _strata_info(null: Null, parts: dict, kept: dict, strata: np.ndarray, decided: np.ndarray,
                  level: float) -> dict:
     """Per stratum: faces, null size, and whether it was decided or set aside (and why)."""
-    out = {"by": f"apparent age from the face embedding (idleak.age): child when P(under 13) >= "
-                 f"{CHILD_STRATUM_PROBABILITY}", "strata": {}}
+    out = {"by": f"apparent age from the face embedding (idleak.age): child when P(under 13) >= {null.child_cut}"
+                 + (" (widened: many synthetic faces may be children's)" if "child_stratum_widened" in null.details
+                    else ""), "strata": {}}
     for s, part in parts.items():
         entry = {"faces": int((strata == s).sum()), "null_size": None if part is None else part.m,
                  "decided": s in kept}
