@@ -30,6 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from idleak.decide.stats import unit_weights
+
 #: Cross-fitting folds (by identity).
 FOLDS = 5
 #: Inverse L2 strengths of the logistic regression candidates (standardised coordinates).
@@ -72,7 +74,8 @@ def population_weights(null_vectors: np.ndarray, queries: np.ndarray, null_group
     fit_null = np.arange(m) if m <= max_fit else np.sort(rng.choice(m, max_fit, replace=False))
     x = np.concatenate([null_vectors[fit_null], queries]).astype(np.float32)
     y = np.concatenate([np.zeros(len(fit_null)), np.ones(len(queries))])
-    unit = np.concatenate([_per_unit(null_groups[fit_null]), _per_unit(query_groups)])
+    unit = np.concatenate([unit_weights(len(fit_null), null_groups[fit_null], None)[0],
+                           unit_weights(len(query_groups), query_groups, None)[0]])
     n = len(y)
     for side in (0, 1):  # classes balanced: each weighs half of the points
         unit[y == side] *= (n / 2) / unit[y == side].sum()
@@ -161,11 +164,6 @@ def _predict(chosen: dict[str, str], x: np.ndarray, y: np.ndarray, unit: np.ndar
             prob = ((u * y[top.indices]).sum(1) + 0.5) / (u.sum(1) + 1.0)
         z.append(_logit(np.clip(prob, CLIP, 1 - CLIP)))
     return np.clip(stack(np.stack(z, axis=1)), CLIP, 1 - CLIP)
-
-
-def _per_unit(groups: np.ndarray) -> np.ndarray:
-    _, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
-    return 1.0 / counts[inverse.ravel()]
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
