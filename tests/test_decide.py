@@ -344,7 +344,7 @@ def test_child_stratum_widens_when_syn_is_mostly_children(real_faces, utk_held_o
             syn_ids = np.array([f"s{k}" for k in np.flatnonzero(~in_real)], dtype=object)
             d = harness._decide(kids[~in_real], syn_ids, real, real_ids,
                                 DecisionOptions(alpha=0.05, reweight=reweight), seed=r, model_id=workspace.model_id)
-            assert d.null.child_cut == (decide.WIDE_CHILD_STRATUM_PROBABILITY if widen else 0.3)
+            assert d.null.child_cut == (decide.WIDE_CHILD_STRATUM_PROBABILITY if widen else decide.CHILD_STRATUM_PROBABILITY)
             assert ("child_stratum_widened" in d.null.details) == widen
             flagged += int(d.flagged.sum())
             decided += int(d.decided.sum())
@@ -357,7 +357,7 @@ def test_child_stratum_widens_when_syn_is_mostly_children(real_faces, utk_held_o
     # adults as SYN: few look like children, the stratum stays narrow
     adults = harness._decide(vectors[:300], np.array([f"a{k}" for k in range(300)], dtype=object), vectors[300:],
                              ids[300:], DecisionOptions(alpha=0.05), model_id=workspace.model_id)
-    assert adults.null.child_cut == 0.3 and "child_stratum_widened" not in adults.null.details
+    assert adults.null.child_cut == decide.CHILD_STRATUM_PROBABILITY and "child_stratum_widened" not in adults.null.details
 
 
 def test_population_warning_when_most_synthetic_faces_sit_above_the_null() -> None:
