@@ -231,21 +231,18 @@ def face_cell(name: str, vectors: np.ndarray, identities: np.ndarray, alpha: flo
 LINK_SAME_PHOTO = 0.99
 
 
-def children_in_real_cell(lfw: tuple[np.ndarray, np.ndarray], children: np.ndarray, alpha: float, reps: int,
+def children_in_real_cell(lfw: tuple[np.ndarray, np.ndarray], photos: Photos, alpha: float, reps: int,
                           strata: str = "age", lfw_people: int = 400, seed: int = 0, leak: int = 0,
                           holdout: bool = False, label: str = "UTKFace children", reweight: str = "population") -> Cell:
     """REAL holds adults (LFW) *and* young children (half of UTKFace's); SYN is strangers: the other half
-    of the children. UTKFace has no identity labels and holds re-uploads of one photo: children linked
-    above ``LINK_SAME_PHOTO`` count as one identity (split together). With ``leak``, SYN also gets that
+    of the children. UTKFace has no identity labels: photos known to show one person (``Photos.people``:
+    re-uploads and listed pairs) are one identity, split together and one synthetic identity in SYN. With ``leak``, SYN also gets that
     many REAL children's photos with a copy-level perturbation (recall: the share of them flagged). With
     ``holdout``, the children are split in thirds: REAL, SYN strangers and a HOLDOUT (the holdout null)."""
     rng = np.random.default_rng(seed)
     vectors, ids = lfw
     people = np.unique(ids)
-    from idleak.decide import synthetic_clusters
-
-    child_id, _ = synthetic_clusters(children, np.full(len(children), None, dtype=object), LINK_SAME_PHOTO,
-                                     DecisionOptions())
+    children, child_id = photos.vectors, photos.people
     groups = np.unique(child_id)
     options = DecisionOptions(alpha=alpha, strata=strata, reweight=reweight)
     false, undecided, found, planted = 0, 0, 0, 0
@@ -263,7 +260,7 @@ def children_in_real_cell(lfw: tuple[np.ndarray, np.ndarray], children: np.ndarr
         real = np.concatenate([vectors[adults], children[in_real]])
         real_ids = np.concatenate([ids[adults], np.array([f"child{child_id[k]}" for k in in_real], dtype=object)])
         syn = children[strangers]
-        syn_ids = np.array([f"s{k}" for k in strangers], dtype=object)
+        syn_ids = np.array([f"s{child_id[k]}" for k in strangers], dtype=object)
         if leak:
             copies = children[in_real[:leak]] + 0.15 * rng.standard_normal((leak, children.shape[1])) / np.sqrt(
                 children.shape[1])
@@ -306,15 +303,15 @@ def face_cells(stores: str, reps: int, max_people: int = 600) -> list[Cell]:
             v, i = load_store(os.path.join(stores, name))
             others[label] = (v, np.array([f"{label}_{x}" for x in i], dtype=object))
     if have("store-utk"):
-        utk, ages = load_utk(os.path.join(stores, "store-utk"))
-        children = utk[ages < 13]
-        others["UTKFace children (<13)"] = (children, np.array([f"utk{k}" for k in range(len(children))], dtype=object))
+        utk, ages, names = load_utk(os.path.join(stores, "store-utk"))
+        young = Photos.of(utk[ages < 13], names[ages < 13])
+        children, child_ids = young.vectors, young.ids("utk")
+        others["UTKFace children (<13)"] = (children, child_ids)
         # what --exclude-children leaves of them: the children the age model takes for adults
         from idleak.age import is_child
 
         kept = ~is_child(children, EmbeddingStore.open(os.path.join(stores, "store-utk")).model_id)
-        others["UTKFace children left by --exclude-children"] = (
-            children[kept], np.array([f"utkx{k}" for k in range(kept.sum())], dtype=object))
+        others["UTKFace children left by --exclude-children"] = (children[kept], child_ids[kept])
     for alpha in (0.05, 0.01):
         for score in ("raw", "csls"):
             for holdout in (False, True):
@@ -339,7 +336,7 @@ def children_cells(stores: str, reps: int) -> list[Cell]:
     """Young children (UTKFace, under 13) against adults and against other children, with and without the
     apparent-age strata; LFW with strata (what they cost adults)."""
     lfw, children, adults = load_lfw_and_utk(stores)
-    strangers = (children, np.array([f"utk{k}" for k in range(len(children))], dtype=object))
+    strangers = (children.vectors, children.ids("utk"))
     cells: list[Cell] = []
 
     def show(cell: Cell) -> None:
@@ -372,7 +369,7 @@ def population_cells(stores: str, reps: int) -> list[Cell]:
 
     lfw, children, adults = load_lfw_and_utk(stores)
     orl = load_store(os.path.join(stores, "store-orl"))
-    strangers = {"UTKFace adults": (adults, np.array([f"utka{k}" for k in range(len(adults))], dtype=object)),
+    strangers = {"UTKFace adults": (adults.vectors, adults.ids("utka")),
                  "ORL": (orl[0], np.array([f"ORL_{x}" for x in orl[1]], dtype=object))}
     cells: list[Cell] = []
 
@@ -395,9 +392,60 @@ def population_cells(stores: str, reps: int) -> list[Cell]:
     return cells
 
 
-def load_lfw_and_utk(stores: str) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray, np.ndarray]:
-    """LFW (vectors, identities), UTKFace children (under 13) and adults (20-59, the first 1,500); sets
-    ``MODEL_ID`` to the stores' model (their age model assigns the strata)."""
+@dataclass
+class Photos:
+    """Faces of a dataset without identity labels (UTKFace) and the person each is taken for.
+
+    ``people`` joins photos known to show one person: re-uploads of one photo (cosine above
+    ``LINK_SAME_PHOTO``) and the pairs listed in ``utkface_same_person.txt`` (seen to be one person).
+    Other photos count as different people, which can only make a false-verdict rate look worse.
+    """
+
+    vectors: np.ndarray
+    names: np.ndarray  # file name of each photo
+    people: np.ndarray  # person id of each photo (0..P-1)
+
+    @classmethod
+    def of(cls, vectors: np.ndarray, names: np.ndarray) -> Photos:
+        from scipy.sparse import coo_matrix
+        from scipy.sparse.csgraph import connected_components
+
+        from idleak.decide import synthetic_clusters
+
+        same_photo, _ = synthetic_clusters(vectors, np.full(len(vectors), None, dtype=object), LINK_SAME_PHOTO,
+                                           DecisionOptions())
+        where = {name: k for k, name in enumerate(names)}
+        listed = [(where[a], where[b]) for a, b in same_person_pairs() if a in where and b in where]
+        _, first = np.unique(same_photo, return_index=True)  # the first photo of each re-upload group
+        edges = listed + [(k, int(first[g])) for k, g in enumerate(same_photo)]
+        rows, cols = (np.array(x, np.int64) for x in zip(*edges)) if edges else (np.zeros(0, np.int64),) * 2
+        graph = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(vectors), len(vectors)))
+        _, people = connected_components(graph, directed=False)
+        return cls(vectors, np.asarray(names, dtype=object), people.astype(np.int64))
+
+    def without_people_of(self, names: set[str]) -> Photos:
+        """The photos of everyone but the people shown in ``names`` (all their photos go)."""
+        gone = np.isin(self.people, self.people[np.isin(self.names, list(names))])
+        _, people = np.unique(self.people[~gone], return_inverse=True)
+        return Photos(self.vectors[~gone], self.names[~gone], people.ravel().astype(np.int64))
+
+    def ids(self, prefix: str) -> np.ndarray:
+        """An identity label per photo: one per person."""
+        return np.array([f"{prefix}{p}" for p in self.people], dtype=object)
+
+
+def same_person_pairs() -> list[tuple[str, str]]:
+    """UTKFace file names seen to show one person (``bench/utkface_same_person.txt``)."""
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "utkface_same_person.txt")
+    with open(path, encoding="utf-8") as handle:
+        return [tuple(line.split()) for line in handle if line.strip() and not line.startswith("#")]
+
+
+def load_lfw_and_utk(stores: str) -> tuple[tuple[np.ndarray, np.ndarray], Photos, Photos]:
+    """LFW (vectors, identities), UTKFace children (under 13) and adults (20-59, the first 1,500, less the
+    people of LFW among them); sets ``MODEL_ID`` to the stores' model (their age model assigns the strata)."""
     import os
 
     from idleak.store import EmbeddingStore
@@ -405,19 +453,24 @@ def load_lfw_and_utk(stores: str) -> tuple[tuple[np.ndarray, np.ndarray], np.nda
     global MODEL_ID
     lfw = load_store(os.path.join(stores, "store-lfw"))
     MODEL_ID = EmbeddingStore.open(os.path.join(stores, "store-lfw")).model_id
-    utk, ages = load_utk(os.path.join(stores, "store-utk"))
-    return lfw, utk[ages < 13], utk[(ages >= 20) & (ages < 60)][:1500]
+    utk, ages, names = load_utk(os.path.join(stores, "store-utk"))
+    children = np.flatnonzero(ages < 13)
+    adults = np.flatnonzero((ages >= 20) & (ages < 60))[:1500]
+    in_lfw = {a for a, b in same_person_pairs() if b.startswith("LFW/")}  # not strangers to an LFW REAL
+    return (lfw, Photos.of(utk[children], names[children]),
+            Photos.of(utk[adults], names[adults]).without_people_of(in_lfw))
 
 
-def load_utk(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """Vectors and ages of a store made from UTKFace (the age is the file name's first number)."""
+def load_utk(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Vectors, ages and file names of a store made from UTKFace (the age is the file name's first number)."""
     import os
 
     from idleak.store import EmbeddingStore
 
     rows = EmbeddingStore.open(path).rows()
     ok = np.array([r is None for r in rows.reason]) & (rows.face == 0)
-    return rows.vectors[ok], np.array([int(os.path.basename(str(p)).split("_")[0]) for p in rows.path[ok]])
+    names = np.array([os.path.basename(str(p)) for p in rows.path[ok]], dtype=object)
+    return rows.vectors[ok], np.array([int(n.split("_")[0]) for n in names]), names
 
 
 def load_store(path: str, aligned: bool | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -474,3 +474,29 @@ def test_audit_says_when_syn_is_a_population_real_holds_little_of(planted: dict,
     pooled = run_audit(syn, real, workspace.model_id, AuditOptions(alpha=0.05, reweight="none"))
     assert "population_weights" not in pooled.decision.null.details
     assert not any("told apart" in w for w in pooled.warnings)
+
+
+def test_harness_counts_one_person_under_two_utkface_names_once(faces_root: Path) -> None:
+    """bench/utkface_same_person.txt names real photos (UTKFace files, LFW people); the harness joins each
+    listed pair into one identity and leaves the people of LFW out of UTKFace's strangers."""
+    pairs = harness.same_person_pairs()
+    utk = {p.name for p in (faces_root.parent / "ages" / "utkface").glob("*.jpg")}
+    assert len(utk) > 3000, "UTKFace not found next to ../shared/data/faces"
+    same, in_lfw = [(a, b) for a, b in pairs if not b.startswith("LFW/")], [(a, b) for a, b in pairs if b.startswith("LFW/")]
+    assert (len(same), len(in_lfw)) == (70, 52)
+    for a, b in same:
+        assert a in utk and b in utk, (a, b)
+    for a, b in in_lfw:
+        assert a in utk and (faces_root / "lfw" / b.removeprefix("LFW/")).is_dir(), (a, b)
+    names = sorted({n for pair in same for n in pair} | {a for a, _ in in_lfw}) + ["stranger_a.jpg", "stranger_b.jpg"]
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((len(names), 128))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)  # random faces: nothing linked by similarity
+    photos = harness.Photos.of(vectors, np.array(names, dtype=object))
+    person = dict(zip(names, photos.people))
+    assert all(person[a] == person[b] for a, b in same)
+    assert person["stranger_a.jpg"] != person["stranger_b.jpg"]
+    assert len(set(photos.people)) < len(names) - len(same) // 2  # pairs joined (chains join more)
+    left = photos.without_people_of({a for a, _ in in_lfw})
+    assert not set(left.names) & {a for a, _ in in_lfw} and {"stranger_a.jpg", "stranger_b.jpg"} <= set(left.names)
+    assert sorted(set(left.people)) == list(range(len(set(left.people))))  # renumbered 0..P-1
