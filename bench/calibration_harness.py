@@ -17,6 +17,10 @@ statistics and tests the audit uses. Three families of cells:
 * ``population``: REAL mixing two populations (LFW + UTKFace) and SYN strangers of one, with the
   population-weighted null (the default) and the pooled one (``--reweight none``).
 
+UTKFace has no identity labels and holds one person under several file names: ``Photos`` joins re-uploads
+and the pairs seen to be one person (``bench/utkface_same_person.txt``), and UTKFace's photos of LFW people
+are left out of its adults (they are not strangers to an LFW REAL).
+
     python bench/calibration_harness.py --size small            # what CI runs (tests/test_decide.py)
     python bench/calibration_harness.py --size full --out bench/calibration.md
 """
@@ -398,7 +402,7 @@ class Photos:
 
     ``people`` joins photos known to show one person: re-uploads of one photo (cosine above
     ``LINK_SAME_PHOTO``) and the pairs listed in ``utkface_same_person.txt`` (seen to be one person).
-    Other photos count as different people, which can only make a false-verdict rate look worse.
+    Other photos count as different people (as before the list: a pair missed is two "strangers").
     """
 
     vectors: np.ndarray

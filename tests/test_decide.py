@@ -433,17 +433,19 @@ def test_population_weights_hold_alpha_on_real_faces_of_a_mixed_real(real_faces,
     (strangers). The pooled leave-one-identity-out null gives false 'leak' verdicts far beyond alpha;
     weighted to SYN's population it holds. One population alone is left unweighted."""
     vectors, ids = real_faces
-    utk = utk_adults.vectors
+    # UTKFace has no identity labels: photos seen to be one person count as one (and LFW people are no strangers)
+    photos = harness.Photos.of(utk_adults.vectors, np.array([Path(p).name for p in utk_adults.paths], dtype=object))
+    photos = photos.without_people_of({a for a, b in harness.same_person_pairs() if b.startswith("LFW/")})
+    utk, people = photos.vectors, photos.people
     false = {"none": 0, "population": 0}
     reps = 30
     for r in range(reps):
-        order = np.random.default_rng(100 + r).permutation(len(utk))
-        half = len(utk) // 2
-        real = np.concatenate([vectors, utk[order[:half]]])
-        real_ids = np.concatenate([ids, np.array([f"utk{k}" for k in order[:half]], dtype=object)])
-        syn_ids = np.array([f"s{k}" for k in order[half:]], dtype=object)
+        in_real = np.isin(people, np.random.default_rng(100 + r).permutation(people.max() + 1)[:(people.max() + 1) // 2])
+        real = np.concatenate([vectors, utk[in_real]])
+        real_ids = np.concatenate([ids, np.array([f"utk{k}" for k in people[in_real]], dtype=object)])
+        syn_ids = np.array([f"s{k}" for k in people[~in_real]], dtype=object)
         for reweight in false:
-            decision = harness._decide(utk[order[half:]], syn_ids, real, real_ids,
+            decision = harness._decide(utk[~in_real], syn_ids, real, real_ids,
                                        DecisionOptions(alpha=0.05, reweight=reweight), seed=r,
                                        model_id=workspace.model_id)
             false[reweight] += decision.verdict == "leak"

@@ -4,8 +4,8 @@ The leave-one-identity-out null is REAL's faces searched against REAL's other id
 nearest-neighbour similarity depends on *where* it sits in the face space: in a region where the
 model is less discriminative (one ethnicity, one age band, one camera) every face has close
 neighbours. When REAL mixes populations and SYN resembles one of them, the pooled null's tail is
-set by the others and strangers are flagged more often than alpha (measured: 50% false verdicts at
-alpha 0.05 for UTKFace strangers against LFW + UTKFace, bench/RESULTS.md).
+set by the others and strangers are flagged more often than alpha (measured: 41.5% false verdicts at
+alpha 0.05 for UTKFace strangers against LFW + UTKFace; 2.0% weighted, bench/RESULTS.md).
 
 Given a face's place, a stranger's score and a REAL face's leave-one-identity-out score have about
 the same law (both are its best match among REAL's people); only how often each place occurs
