@@ -375,6 +375,10 @@ def population_cells(stores: str, reps: int) -> list[Cell]:
     orl = load_store(os.path.join(stores, "store-orl"))
     strangers = {"UTKFace adults": (adults.vectors, adults.ids("utka")),
                  "ORL": (orl[0], np.array([f"ORL_{x}" for x in orl[1]], dtype=object))}
+    for name, label in (("store-yaleb-aligned", "Yale B"), ("store-johns", "johns")):  # studio light, aligned chips
+        if os.path.isdir(os.path.join(stores, name)):
+            v, i = load_store(os.path.join(stores, name))
+            strangers[label] = (v, np.array([f"{label}_{x}" for x in i], dtype=object))
     cells: list[Cell] = []
 
     def show(cell: Cell) -> None:
