@@ -52,6 +52,7 @@ class Cell:
     recall_by: dict | None = None  # recall of leaked identities by how many of their photos leaked: (found, planted)
     faces: tuple[float, int] = (0.0, 0)  # leak-free cells: (sum over strangers of their share of faces with
     # p <= alpha, number of strangers with a decided face)
+    leak_verdicts: int | None = None  # recall cells: repetitions whose verdict was "leak" (the dataset-level recall)
 
     @property
     def face_rate(self) -> float | None:
@@ -178,7 +179,7 @@ def face_cell(name: str, vectors: np.ndarray, identities: np.ndarray, alpha: flo
     people, counts = np.unique(ids, return_counts=True)
     people = people[counts >= min_photos]
     options = DecisionOptions(alpha=alpha, score=score, strata=strata, reweight=reweight)
-    false, found, planted, undecided = 0, 0, 0, 0
+    false, found, planted, undecided, leak_verdicts = 0, 0, 0, 0, 0
     faces = (0.0, 0)
     by_photos: dict[int, tuple[int, int]] = {}
     start = time.perf_counter()
@@ -216,6 +217,7 @@ def face_cell(name: str, vectors: np.ndarray, identities: np.ndarray, alpha: flo
             is_leak = np.array([str(i).startswith("leak_") for i in syn_ids])
             planted += leak_ids
             found += len(np.unique(decision.clusters[is_leak & decision.flagged]))
+            leak_verdicts += decision.verdict == "leak"
             for person in leaked:
                 mine = syn_ids == f"leak_{person}"
                 key = min(int(mine.sum()), 3)
@@ -228,7 +230,8 @@ def face_cell(name: str, vectors: np.ndarray, identities: np.ndarray, alpha: flo
     what = (f"{name}, {'holdout' if holdout else 'loio'} null, score {score}" + (f", {leak_ids} leaked ids" if leak_ids else "")
             + ("" if strata == "age" else f", strata {strata}") + f", reweight {reweight}")
     return Cell("faces", what, alpha, reps, false, found / planted if leak_ids else None, time.perf_counter() - start,
-                undecided, dict(sorted(by_photos.items())) if leak_ids else None, faces)
+                undecided, dict(sorted(by_photos.items())) if leak_ids else None, faces,
+                leak_verdicts if leak_ids else None)
 
 
 #: UTKFace photos more similar than this are taken for one photo uploaded twice (one identity)
@@ -497,6 +500,8 @@ def table(cells: list[Cell]) -> str:
         rate = "" if c.recall is not None else f"{c.rate:.3f}"
         ok = "" if c.recall is not None else ("yes" if c.holds else f"**no** (> {c.upper:.3f})")
         recall = f"{c.recall:.2f}" if c.recall is not None else ""
+        if c.leak_verdicts is not None:
+            recall += f" (verdict 'leak': {c.leak_verdicts}/{c.reps})"
         false = "" if c.recall is not None else str(c.false_leaks)
         per_face = f"{c.face_rate:.4f}" if c.face_rate is not None else ""
         lines.append(f"| {c.family} | {c.name} | {c.alpha} | {c.reps} | {false} | {rate} | {ok} | "

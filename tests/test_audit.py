@@ -81,6 +81,8 @@ def test_planted_identity_leaks_and_copies_are_flagged_strangers_are_not(planted
     decided_ids = {r["synthetic_identity"] for r in rows if r["synthetic_path"] not in aside_paths}
     assert s["decision_level"] == "identity" and s["identity_level"]["n"] == len(decided_ids) >= 28
     assert s["identity_level"]["n_flagged"] >= 9 and s["p_value"] < 1e-4 and s["verdict"] == "leak"
+    # the detection limit: this verdict's count is above it (the strongest-identity route aside)
+    assert 1 <= s["identity_level"]["flagged_needed_for_leak"] <= s["identity_level"]["n_flagged"]
     assert 9 <= s["n_leaked_real_identities"] <= 12
     assert s["n_leaking_synthetic_identities"] >= 10 and s["n_synthetic_identities"] == 30
     # the null's sample size is its number of people (faces of one person are not independent): the people

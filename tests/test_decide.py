@@ -502,3 +502,23 @@ def test_harness_counts_one_person_under_two_utkface_names_once(faces_root: Path
     left = photos.without_people_of({a for a, _ in in_lfw})
     assert not set(left.names) & {a for a, _ in in_lfw} and {"stranger_a.jpg", "stranger_b.jpg"} <= set(left.names)
     assert sorted(set(left.people)) == list(range(len(set(left.people))))  # renumbered 0..P-1
+
+
+@pytest.mark.parametrize("m", [300, None])
+def test_count_test_says_how_many_flagged_clusters_a_leak_verdict_needs(m: int | None) -> None:
+    """``needed`` is the fewest flagged clusters whose count p-value is below the target (exact for an exact
+    rate; with a finite null from a slightly wider Poisson law: at most two flags more than the test needs)."""
+    n_clusters, level, target = 330, 0.01, 0.005
+    clusters = np.repeat(np.arange(n_clusters), 2)  # synthetic identities of two faces
+
+    def with_flags(count: int) -> ds.ClusterTest:
+        p = np.ones(len(clusters))
+        p[2 * np.arange(count)] = level / 4  # below level / size: the cluster is flagged
+        return ds.cluster_test(p, clusters, level, m, needed_below=target)
+
+    needed = with_flags(0).needed
+    assert needed is not None and 3 < needed < 40, needed  # ~3.3 expected by chance among 330
+    slack = 0 if m is None else 2
+    assert with_flags(needed).p_value < target <= with_flags(needed - 1 - slack).p_value
+    assert int(with_flags(needed).flagged.sum()) == needed and with_flags(needed + 5).needed == needed
+    assert ds.cluster_test(np.ones(4), np.arange(4), level, m, needed_below=1e-12).needed is None  # out of reach

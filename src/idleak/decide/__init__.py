@@ -525,8 +525,9 @@ def judge(values: np.ndarray, null: Null, clusters: np.ndarray, how: str, alpha:
     sub_clusters = sub_clusters.ravel().astype(np.int64)
     sub_strata = strata[decided]
     m_main = sizes.get(main) if main in sizes else None
+    # the count test has half of alpha (Bonferroni with the strongest-cluster test): how many flags reach it?
     ct = stats.cluster_test(own_p[decided], sub_clusters, level, m_main, seed=seed, strata=sub_strata,
-                            stratum_sizes=sizes or {0: m_main})
+                            stratum_sizes=sizes or {0: m_main}, needed_below=alpha / 2)
     n_c = len(ct.flagged)
     kc = int(ct.flagged.sum())
     c_low, c_high = stats.proportion_interval(kc, n_c)
@@ -537,6 +538,7 @@ def judge(values: np.ndarray, null: Null, clusters: np.ndarray, how: str, alpha:
     cluster_test = {"level": how, "n": n_c, "n_flagged": kc, "expected_by_chance": ct.expected,
                     "p_value": p_verdict, "p_value_count": ct.p_value, "p_value_strongest": p_max,
                     "flagged_fraction_ci95": [c_low, c_high], "unresolvable_clusters": ct.n_unresolvable,
+                    "flagged_needed_for_leak": ct.needed,
                     "test": "flagged clusters counted against the null (Bonferroni within a cluster, clusters "
                             "independent given the null" + (", finite-null mixture" if null.empirical else "")
                             + ") and the strongest cluster (Bonferroni over clusters); alpha split between the two"}
@@ -554,7 +556,7 @@ def judge(values: np.ndarray, null: Null, clusters: np.ndarray, how: str, alpha:
     else:
         verdict = "leak" if p_verdict < alpha else "no_evidence_of_leak"
     strata_info = _strata_info(null, parts, kept, strata, decided, alpha_eff) if null.covered is not None else None
-    limits = _limits(null, how, alpha, alpha_eff, verdict, strata_info)
+    limits = _limits(null, how, alpha, alpha_eff, verdict, strata_info, (ct.needed, kc, n_c))
     details = {"resolution": resolution, "best_possible_p": best_possible,
                "median_p": float(np.median(p[decided])) if n_decided and null.kind != "manual" else None}
     if strata_info is not None:
@@ -596,7 +598,8 @@ def _link_similarity(null: Null, options: DecisionOptions) -> float:
     return float(np.quantile(raw, 1 - level, method="higher"))
 
 
-def _limits(null: Null, how: str, alpha: float, alpha_eff: float, verdict: str, strata: dict | None = None) -> str:
+def _limits(null: Null, how: str, alpha: float, alpha_eff: float, verdict: str, strata: dict | None = None,
+            detection: tuple[int | None, int, int] | None = None) -> str:
     unit = {"identity": "synthetic identity", "cluster": "cluster of near-identical synthetic faces",
             "identity+cluster": "synthetic identity (or cluster of unlabelled near-identical faces)"}[how]
     pw = null.details.get("population_weights")
@@ -636,6 +639,12 @@ def _limits(null: Null, how: str, alpha: float, alpha_eff: float, verdict: str, 
                  f"not decided: {CHILDREN_ASIDE}.")
     if verdict == "too_few_to_decide":
         text += " Too few faces or null values to reach the stated level: no verdict."
+    elif verdict == "no_evidence_of_leak" and detection is not None and detection[0] is not None:
+        needed, flagged, n = detection
+        text += (f" 'No evidence' is not 'no leak': the count test says 'leak' from {needed} flagged "
+                 f"{unit}s of {n} on ({flagged} were), or one {unit} flagged beyond Bonferroni over all of "
+                 "them; fewer leaked people, or people the model cannot tell from strangers, are listed but not "
+                 "enough for the verdict.")
     return text
 
 

@@ -177,11 +177,13 @@ class ClusterTest:
     p_value: float
     expected: float  # expected number of flagged clusters under the null (upper bound)
     n_unresolvable: int  # clusters so large that a / n_c is below the null's resolution
+    needed: int | None = None  # fewest flagged clusters whose count p-value is below ``needed_below`` (None: none)
 
 
 def cluster_test(p_values: np.ndarray, clusters: np.ndarray, level: float, m: int | None,
                  draws: int = 2000, seed: int = 0, strata: np.ndarray | None = None,
-                 stratum_sizes: dict[int, int | None] | None = None) -> ClusterTest:
+                 stratum_sizes: dict[int, int | None] | None = None,
+                 needed_below: float | None = None) -> ClusterTest:
     """Flag clusters whose smallest p-value is <= level / size, and test their count.
 
     ``clusters`` gives each face's cluster id (0..C-1). ``m`` is the size of a finite empirical null
@@ -190,6 +192,11 @@ def cluster_test(p_values: np.ndarray, clusters: np.ndarray, level: float, m: in
     stratum) and ``stratum_sizes`` (each stratum's null size, None for an exact rate) a face's p-value
     comes from its stratum's null: a cluster of n_s faces per stratum is flagged with probability at most
     sum_s n_s F_s, the F_s drawn independently per stratum (disjoint nulls).
+
+    With ``needed_below`` the result also says how many flagged clusters the count test needs for a
+    p-value below it: the detection limit of this null and these clusters. With a finite null it is
+    computed with a Poisson of the same mean per draw (one pass for every count; slightly wider than
+    the test's own law, so it may say one or two flags more than the test needs).
     """
     clusters = np.asarray(clusters, np.int64)
     n_clusters = int(clusters.max()) + 1 if len(clusters) else 0
@@ -223,7 +230,7 @@ def cluster_test(p_values: np.ndarray, clusters: np.ndarray, level: float, m: in
         bound = sum(keys[g, col] * (level / g_size[g] if stratum_sizes[s] is None
                                     else j[s][g] / (stratum_sizes[s] + 1)) for col, s in enumerate(names))
         expected += counts[g] * min(1.0, bound)
-    if k == 0:
+    if k == 0 and needed_below is None:
         return ClusterTest(flagged, 1.0, expected, unresolvable)
     probs = np.zeros((draws, len(keys)))
     for col, s in enumerate(names):
@@ -236,11 +243,31 @@ def cluster_test(p_values: np.ndarray, clusters: np.ndarray, level: float, m: in
         f = _top_uniform_tails(stratum_sizes[s], int(max(js.max(), 1)), draws, seed + 7919 * col)  # F_j per draw
         probs += keys[None, :, col] * np.where(js >= 1, f[:, np.minimum(js, f.shape[1] - 1)], 0.0)
     probs = np.minimum(1.0, probs)
-    if not finite:
-        p = count_p_value_exact_rate(k, n_clusters, level)
-        return ClusterTest(flagged, p, expected, 0)
-    p = float(np.mean(_sum_of_binomials_sf(k, counts, probs)))
-    return ClusterTest(flagged, min(1.0, p), expected, unresolvable)
+
+    def count_p(count: int) -> float:
+        if count <= 0:
+            return 1.0
+        if not finite:
+            return count_p_value_exact_rate(count, n_clusters, level)
+        return min(1.0, float(np.mean(_sum_of_binomials_sf(count, counts, probs))))
+
+    needed = None
+    if needed_below is not None:
+        if finite:  # per draw a Poisson of the same mean (a little wider than the sum of binomials): cheap
+            mean = (counts[None, :] * probs).sum(1)
+
+            def tail(count: int) -> float:
+                return float(stats.poisson.sf(count - 1, mean).mean())
+        else:
+            def tail(count: int) -> float:
+                return float(stats.binom.sf(count - 1, n_clusters, min(1.0, level)))
+        if tail(n_clusters) < needed_below:
+            low, high = 0, n_clusters  # tail(low) >= needed_below > tail(high): the tail falls with the count
+            while high - low > 1:
+                mid = (low + high) // 2
+                low, high = (low, mid) if tail(mid) < needed_below else (mid, high)
+            needed = high
+    return ClusterTest(flagged, count_p(k), expected, 0 if not finite else unresolvable, needed)
 
 
 def strongest_cluster_p(p_values: np.ndarray, clusters: np.ndarray) -> float:
