@@ -152,7 +152,13 @@ def test_fail_on_leak_exit_codes(planted: dict, cache_dir: Path, tmp_path: Path)
     code, output = run("audit", "-s", strangers, "-r", planted["real"], "-o", tmp_path / "b", "--cache", cache_dir,
                        "--fail-on-leak", *POOLED)
     assert code == 0, output
-    assert json.loads((tmp_path / "b" / "summary.json").read_text())["verdict"] == "no_evidence_of_leak"
+    s = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert s["verdict"] == "no_evidence_of_leak"
+    # the summary says how far from a 'leak' verdict this was
+    needed = s["identity_level"]["flagged_needed_for_leak"]
+    assert s["identity_level"]["n_flagged"] < needed <= s["identity_level"]["n"], s["identity_level"]
+    assert f"'No evidence' is not 'no leak': the count test says 'leak' from {needed} flagged synthetic identities" \
+        in s["limits"], s["limits"]
 
 
 @pytest.mark.slow

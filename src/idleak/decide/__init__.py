@@ -556,7 +556,7 @@ def judge(values: np.ndarray, null: Null, clusters: np.ndarray, how: str, alpha:
     else:
         verdict = "leak" if p_verdict < alpha else "no_evidence_of_leak"
     strata_info = _strata_info(null, parts, kept, strata, decided, alpha_eff) if null.covered is not None else None
-    limits = _limits(null, how, alpha, alpha_eff, verdict, strata_info, (ct.needed, kc, n_c))
+    limits = _limits(null, how, alpha, alpha_eff, verdict, strata_info, (ct.needed, kc, n_c, best_max < alpha / 2))
     details = {"resolution": resolution, "best_possible_p": best_possible,
                "median_p": float(np.median(p[decided])) if n_decided and null.kind != "manual" else None}
     if strata_info is not None:
@@ -599,9 +599,11 @@ def _link_similarity(null: Null, options: DecisionOptions) -> float:
 
 
 def _limits(null: Null, how: str, alpha: float, alpha_eff: float, verdict: str, strata: dict | None = None,
-            detection: tuple[int | None, int, int] | None = None) -> str:
+            detection: tuple[int | None, int, int, bool] | None = None) -> str:
     unit = {"identity": "synthetic identity", "cluster": "cluster of near-identical synthetic faces",
             "identity+cluster": "synthetic identity (or cluster of unlabelled near-identical faces)"}[how]
+    units = {"identity": "synthetic identities", "cluster": "clusters of near-identical synthetic faces",
+             "identity+cluster": "synthetic identities (or clusters of unlabelled near-identical faces)"}[how]
     pw = null.details.get("population_weights")
     weighted = bool(pw) and pw["estimator"] != "none"
     source = {
@@ -640,11 +642,12 @@ def _limits(null: Null, how: str, alpha: float, alpha_eff: float, verdict: str, 
     if verdict == "too_few_to_decide":
         text += " Too few faces or null values to reach the stated level: no verdict."
     elif verdict == "no_evidence_of_leak" and detection is not None and detection[0] is not None:
-        needed, flagged, n = detection
-        text += (f" 'No evidence' is not 'no leak': the count test says 'leak' from {needed} flagged "
-                 f"{unit}s of {n} on ({flagged} were), or one {unit} flagged beyond Bonferroni over all of "
-                 "them; fewer leaked people, or people the model cannot tell from strangers, are listed but not "
-                 "enough for the verdict.")
+        needed, flagged, n, strongest = detection
+        text += (f" 'No evidence' is not 'no leak': the count test says 'leak' from {needed} flagged {units} of "
+                 f"{n} on ({flagged} were)" + (f", the strongest-identity test when one {unit} is flagged beyond "
+                                               "Bonferroni over all of them" if strongest else "")
+                 + "; fewer leaked people, or people the model cannot tell from strangers, are listed but do not "
+                   "make the verdict.")
     return text
 
 

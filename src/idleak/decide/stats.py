@@ -195,8 +195,8 @@ def cluster_test(p_values: np.ndarray, clusters: np.ndarray, level: float, m: in
 
     With ``needed_below`` the result also says how many flagged clusters the count test needs for a
     p-value below it: the detection limit of this null and these clusters. With a finite null it is
-    computed with a Poisson of the same mean per draw (one pass for every count; slightly wider than
-    the test's own law, so it may say one or two flags more than the test needs).
+    computed with a Poisson of the same mean per draw (cheap at any size; slightly wider than the
+    test's own law, so it may say one or two flags more than the test needs).
     """
     clusters = np.asarray(clusters, np.int64)
     n_clusters = int(clusters.max()) + 1 if len(clusters) else 0
