@@ -22,7 +22,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from idleak.decide import DecisionOptions, build_null, decide_queries
+from idleak.decide import DecisionOptions, build_null, decide_queries, stats
 from idleak.search import topk
 
 
@@ -70,6 +70,17 @@ def main() -> None:
         timings[label] = time.perf_counter() - t0
         print(f"decide, {label}: {timings[label]:.1f} s ({timings[label] / search:.2f} x search), "
               f"verdict {decision.verdict}, {decision.cluster_test['n']} clusters")
+    # the count test's detection limit (identity_level.flagged_needed_for_leak) against the same test without it
+    decided = ~decision.set_aside  # as judge does: the decided faces, in the strata the null covers
+    _, clusters = np.unique(decision.clusters[decided], return_inverse=True)
+    strata = np.zeros(int(decided.sum()), np.int64) if decision.strata is None else decision.strata[decided]
+    sizes = {int(s): null.part(int(s)).m for s in np.unique(strata)}
+    for needed_below in (None, options.alpha / 2):
+        t0 = time.perf_counter()
+        ct = stats.cluster_test(decision.p_values[decided], clusters.ravel(), options.alpha, null.main.m,
+                                strata=strata, stratum_sizes=sizes, needed_below=needed_below)
+        print(f"cluster test on unlabelled SYN, {'with' if needed_below else 'without'} the detection limit: "
+              f"{time.perf_counter() - t0:.2f} s (needs {ct.needed})")
     print(f"search {args.n:,} x {args.n:,} (k=5): {search:.1f} s; loio null "
           f"({min(args.n, options.null_queries):,} queries): {null_s:.1f} s ({null_s / search:.2f} x search)")
 
