@@ -323,14 +323,13 @@ def test_child_stratum_widens_when_syn_is_mostly_children(real_faces, utk_held_o
     flagged far beyond alpha, widened to 0.1 (what the audit does when SYN holds many children) they are
     fewer and hold it, with or without population weights. SYN of adults keeps the narrower stratum."""
     import idleak.decide as decide
-    from idleak.decide import synthetic_clusters
 
     vectors, ids = real_faces
     kids = utk_held_out_children.vectors
     assert len(kids) >= 350, len(kids)
-    # re-uploads of one photo are one identity, kept on one side (else they are true copies)
-    same_photo, _ = synthetic_clusters(kids, np.full(len(kids), None, dtype=object), harness.LINK_SAME_PHOTO,
-                                       DecisionOptions())
+    # photos of one person (re-uploads, listed pairs) are one identity, kept on one side (else true matches)
+    same_photo = harness.Photos.of(kids, np.array([Path(p).name for p in utk_held_out_children.paths],
+                                                  dtype=object)).people
     photos = np.unique(same_photo)
     counts = {}
     for widen, reweight in ((True, "population"), (True, "none"), (False, "none")):
@@ -341,7 +340,7 @@ def test_child_stratum_widens_when_syn_is_mostly_children(real_faces, utk_held_o
             in_real = np.isin(same_photo, np.random.default_rng(300 + r).permutation(photos)[:len(photos) // 2])
             real = np.concatenate([vectors, kids[in_real]])
             real_ids = np.concatenate([ids, np.array([f"kid{k}" for k in same_photo[in_real]], dtype=object)])
-            syn_ids = np.array([f"s{k}" for k in np.flatnonzero(~in_real)], dtype=object)
+            syn_ids = np.array([f"s{k}" for k in same_photo[~in_real]], dtype=object)
             d = harness._decide(kids[~in_real], syn_ids, real, real_ids,
                                 DecisionOptions(alpha=0.05, reweight=reweight), seed=r, model_id=workspace.model_id)
             assert d.null.child_cut == (decide.WIDE_CHILD_STRATUM_PROBABILITY if widen else decide.CHILD_STRATUM_PROBABILITY)
